@@ -1,0 +1,99 @@
+"""``PromptDataModule``: batches of prompt records from a task, seeded and map-style.
+
+Map-style datasets let Lightning's distributed sampler shard prompts across ranks and let a
+resumed run continue from the same position. A batch is a :class:`PromptBatch` of ``batch_size``
+records; the rollout callback turns each record into a group of completions.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_dsrl.data.base import Task
+from lightning_dsrl.errors import ConfigError
+from lightning_dsrl.types import PromptBatch, PromptRecord
+
+__all__ = ["PromptDataModule", "PromptDataset", "collate_prompts"]
+
+
+class PromptDataset(Dataset):
+    def __init__(self, records: list[PromptRecord]) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> PromptRecord:
+        return self.records[index]
+
+
+def collate_prompts(records: list[PromptRecord]) -> PromptBatch:
+    return PromptBatch(records=list(records))
+
+
+class PromptDataModule(LightningDataModule):
+    """Prompts for training and validation.
+
+    Args:
+        task: where the prompts come from (``CountdownTask``, ``AdditionTask``, ``MathTask``, ...).
+        batch_size: prompts per rollout step; each becomes a group of ``rollout.num_generations``.
+        val_batch_size: prompts per validation step (default: ``batch_size``).
+        max_val_prompts: evaluate only the first this-many validation prompts (``None``: all).
+        shuffle: shuffle training prompts each epoch (seeded by ``seed``).
+        seed: seed of the shuffling.
+        num_workers: dataloader worker processes (prompts are cheap; 0 is usually right).
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        max_val_prompts: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size}: need at least 1 prompt per step")
+        self.task = task
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.max_val_prompts = max_val_prompts
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_workers = num_workers
+
+    def _records(self, split: str) -> list[PromptRecord]:
+        records = self.task.records(split)  # type: ignore[arg-type]
+        if split == "val" and self.max_val_prompts is not None:
+            records = records[: self.max_val_prompts]
+        if not records:
+            name = type(self.task).__name__
+            option = "num_train" if split == "train" else "num_val"
+            raise ConfigError(f"data.task ({name}) has no {split} prompts; set data.task.{option} > 0 "
+                              "or point it at a dataset with rows")
+        return records
+
+    def _loader(self, records: list[PromptRecord], batch_size: int, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            PromptDataset(records),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=collate_prompts,
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._records("train"), self.batch_size, self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._records("val"), self.val_batch_size, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

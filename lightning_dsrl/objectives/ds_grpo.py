@@ -1,0 +1,73 @@
+"""DS-GRPO: GRPO with differential smoothing of the advantages (ALGORITHMS.md section 3).
+
+    A_i^DS = A_i - gamma_p * LL(i)    if correct_i
+    A_i^DS = A_i + gamma_n * LL(i)    otherwise
+
+``LL(i)`` is the completion's log-likelihood under the rollout policy (``smoothing_model: old``,
+what the paper uses in practice) or under the frozen base model (``reference``, the theory's
+``pi_base``), summed over tokens or averaged (``logprob_reduction``). Since ``-LL >= 0``, a
+rare correct solution gets a larger bonus than a common one (against sharpening) and a rare
+mistake a larger penalty. The correction is a constant per completion; everything else is GRPO.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor
+
+from lightning_dsrl import functional as F
+from lightning_dsrl.errors import ConfigError
+from lightning_dsrl.objectives.grpo import GRPO
+from lightning_dsrl.types import RolloutBatch
+
+__all__ = ["DSGRPO"]
+
+
+class DSGRPO(GRPO):
+    """Differential-smoothing GRPO.
+
+    Args:
+        gamma_p: smoothing on correct completions (>= 0).
+        gamma_n: smoothing on incorrect completions (>= 0).
+        smoothing_model: whose log-likelihood: ``old`` (rollout policy) or ``reference`` (base model).
+        logprob_reduction: ``sum`` (trajectory log-likelihood) or ``mean`` (per token).
+        **kwargs: the GRPO options (``beta``, ``epsilon_low``, ...).
+    """
+
+    def __init__(
+        self,
+        gamma_p: float = 0.01,
+        gamma_n: float = 0.01,
+        smoothing_model: Literal["old", "reference"] = "old",
+        logprob_reduction: Literal["sum", "mean"] = "sum",
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if gamma_p < 0 or gamma_n < 0:
+            raise ConfigError(f"model.objective.gamma_p={gamma_p}, gamma_n={gamma_n}: both must be >= 0")
+        if smoothing_model not in ("old", "reference"):
+            raise ConfigError(f"model.objective.smoothing_model={smoothing_model!r}: use old or reference")
+        if logprob_reduction not in ("sum", "mean"):
+            raise ConfigError(f"model.objective.logprob_reduction={logprob_reduction!r}: use sum or mean")
+        self.gamma_p = float(gamma_p)
+        self.gamma_n = float(gamma_n)
+        self.smoothing_model = smoothing_model
+        self.logprob_reduction = logprob_reduction
+
+    @property
+    def needs_reference(self) -> bool:
+        return super().needs_reference or self.smoothing_model == "reference"
+
+    def advantages(self, batch: RolloutBatch) -> Tensor:
+        base = super().advantages(batch)
+        logp = batch.logp_old if self.smoothing_model == "old" else batch.logp_ref
+        seq_logp = F.sequence_logprob(logp, batch.completion_mask, self.logprob_reduction)  # [n]
+        shaped = F.ds_advantages(base, batch.correct, seq_logp, self.gamma_p, self.gamma_n)
+        term = shaped - base  # -gamma_p * LL on correct, +gamma_n * LL on incorrect
+        correct = batch.correct.bool()
+        if correct.any():
+            self.metric("ds/smoothing_correct", term[correct].mean())
+        if (~correct).any():
+            self.metric("ds/smoothing_incorrect", term[~correct].mean())
+        return shaped

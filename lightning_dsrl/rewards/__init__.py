@@ -1,0 +1,17 @@
+"""Rewards: the base class, the registry and the built-in rewards (see ``base.py``)."""
+
+from lightning_dsrl.rewards.base import REWARDS, CompositeReward, RewardModule, ScoredBatch, get_reward_class
+from lightning_dsrl.rewards.countdown import CountdownReward
+from lightning_dsrl.rewards.format import FormatReward
+from lightning_dsrl.rewards.numeric import NumericAnswerReward
+
+__all__ = [
+    "REWARDS",
+    "CompositeReward",
+    "CountdownReward",
+    "FormatReward",
+    "NumericAnswerReward",
+    "RewardModule",
+    "ScoredBatch",
+    "get_reward_class",
+]

@@ -1,0 +1,43 @@
+"""Numeric answer reward: the last ``<answer>...</answer>`` must hold the reference number."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from lightning_dsrl.rewards.base import RewardModule
+from lightning_dsrl.rewards.countdown import extract_answer
+from lightning_dsrl.types import PromptRecord, RewardResult
+
+__all__ = ["NumericAnswerReward", "parse_number"]
+
+_MAX_NUMBER_CHARS = 64
+
+
+def parse_number(text: str) -> Fraction | None:
+    """An ASCII integer or decimal (``1,234`` and ``-3.50`` allowed) as an exact fraction.
+
+    >>> parse_number(" 1,234 "), parse_number("-3.50"), parse_number("12abc")
+    (Fraction(1234, 1), Fraction(-7, 2), None)
+    """
+    text = text.strip().replace(",", "")
+    if not text or len(text) > _MAX_NUMBER_CHARS or not text.isascii():
+        return None
+    try:
+        return Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+class NumericAnswerReward(RewardModule):
+    """1.0 when the answer equals ``record.answer`` as a number, else 0.0 (a verifier)."""
+
+    name = "numeric"
+    is_verifier = True
+
+    def score(self, record: PromptRecord, completion: str) -> RewardResult:
+        text = extract_answer(completion)
+        value = parse_number(text) if text is not None else None
+        if value is None:
+            return RewardResult(0.0, correct=False)
+        correct = value == parse_number(str(record.answer))
+        return RewardResult(1.0 if correct else 0.0, correct=correct, answer=str(value))

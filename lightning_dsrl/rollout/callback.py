@@ -1,0 +1,220 @@
+"""``RolloutCallback``: turns each batch of prompts into a scored :class:`RolloutBatch`.
+
+    on_train_batch_start       B prompts -> engine.generate(G each) -> rewards -> batch.rollout
+    on_train_batch_end         engine.sync_weights(module)   (no-op for the HF engine)
+    on_validation_batch_start  B prompts -> val_num_generations samples each -> batch.rollout
+
+Lightning means callbacks for non-essential code; the rollout is essential, so this class stays
+thin (sampling settings, tokenising, tensor layout) and the module refuses a batch without a
+rollout. The CLI adds it to every run from the ``rollout:`` section of the config.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jsonargparse import lazy_instance
+from lightning import Callback, LightningModule, Trainer
+
+from lightning_dsrl.errors import ConfigError
+from lightning_dsrl.rewards.base import CompositeReward, RewardModule
+from lightning_dsrl.rollout.engine import RolloutEngine, SamplingParams
+from lightning_dsrl.rollout.hf import HFEngine
+from lightning_dsrl.types import PromptBatch, PromptRecord, RolloutBatch
+
+if TYPE_CHECKING:
+    from lightning_dsrl.module import RLModule
+
+__all__ = ["RolloutCallback", "pad_left", "pad_right"]
+
+log = logging.getLogger(__name__)
+
+
+def pad_left(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, P]`` ids and bool mask, each row right-aligned (prompts)."""
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = True
+    return ids, mask
+
+
+def pad_right(rows: list[list[int]], pad: int, min_width: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, L]`` ids and bool mask, each row left-aligned (completions); at least ``min_width`` wide."""
+    width = max([min_width] + [len(r) for r in rows])
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = True
+    return ids, mask
+
+
+class RolloutCallback(Callback):
+    """Sample ``num_generations`` completions per prompt and score them.
+
+    Args:
+        engine: the rollout engine (``HFEngine`` runs everywhere; ``VLLMEngine`` on GPUs).
+        rewards: rewards summed with their weights; verifiers among them decide ``correct``.
+        num_generations: completions per prompt (G, the group size).
+        temperature: sampling temperature (log-probs are computed at the same temperature).
+        top_p: nucleus sampling threshold (1.0: off).
+        top_k: top-k sampling (0: off).
+        max_new_tokens: generation budget per completion.
+        stop: strings that end a completion (kept in the text), e.g. ``["</answer>"]``.
+        max_prompt_tokens: prompts longer than this keep only their last tokens (counted, warned).
+        val_num_generations: samples per prompt in validation (pass@k is reported up to this k).
+        val_temperature: sampling temperature in validation.
+        val_top_p: nucleus threshold in validation.
+    """
+
+    def __init__(
+        self,
+        engine: RolloutEngine = lazy_instance(HFEngine),
+        rewards: list[RewardModule] | None = None,
+        num_generations: int = 8,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_new_tokens: int = 64,
+        stop: list[str] | None = None,
+        max_prompt_tokens: int | None = None,
+        val_num_generations: int = 16,
+        val_temperature: float = 1.0,
+        val_top_p: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if num_generations < 1 or val_num_generations < 1:
+            raise ConfigError("rollout.num_generations and rollout.val_num_generations must be >= 1")
+        if temperature <= 0 or val_temperature <= 0:
+            raise ConfigError("rollout.temperature must be > 0 (greedy decoding is not a sampling policy)")
+        if not 0 < top_p <= 1 or not 0 < val_top_p <= 1:
+            raise ConfigError("rollout.top_p must be in (0, 1]")
+        if max_new_tokens < 1:
+            raise ConfigError("rollout.max_new_tokens must be >= 1")
+        if not rewards:
+            raise ConfigError("rollout.rewards is empty: list at least one reward, e.g. "
+                              "[{class_path: CountdownReward}, {class_path: FormatReward, init_args: {weight: 0.1}}]")
+        self.engine = engine
+        self.reward = CompositeReward(rewards)
+        self.num_generations = num_generations
+        self.train_sampling = SamplingParams(num_generations, temperature, top_p, top_k, max_new_tokens, list(stop or []))
+        self.val_sampling = SamplingParams(val_num_generations, val_temperature, val_top_p, top_k, max_new_tokens,
+                                           list(stop or []))
+        self.max_prompt_tokens = max_prompt_tokens
+        self._bound_to: LightningModule | None = None
+        self.prompts_truncated = 0
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        batch.rollout = self.rollout(pl_module, batch, self.train_sampling, log_prefix="train")
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        start = time.perf_counter()
+        self.engine.sync_weights(pl_module)  # type: ignore[arg-type]
+        pl_module.log("timing/weight_sync", time.perf_counter() - start, on_step=True, on_epoch=False)
+
+    def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        batch.rollout = self.rollout(pl_module, batch, self.val_sampling, log_prefix=None)
+
+    def on_test_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int,
+                            dataloader_idx: int = 0) -> None:
+        batch.rollout = self.rollout(pl_module, batch, self.val_sampling, log_prefix=None)
+
+    # ------------------------------------------------------------------ work
+    def _engine(self, pl_module: LightningModule) -> RolloutEngine:
+        if self._bound_to is not pl_module:
+            self.engine.bind(pl_module)  # type: ignore[arg-type]
+            self._bound_to = pl_module
+        return self.engine
+
+    def encode_prompts(self, module: RLModule, records: list[PromptRecord]) -> list[list[int]]:
+        """Token ids of each prompt (through the chat template where the record asks for it)."""
+        tokenizer = module.tokenizer
+        out = []
+        for record in records:
+            if record.chat:
+                if not tokenizer.chat_template:
+                    raise ConfigError("data.task.chat=true but the tokenizer has no chat template; set chat: false")
+                ids = tokenizer.apply_chat_template(
+                    [{"role": "user", "content": record.prompt}], add_generation_prompt=True, tokenize=True
+                )
+                if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                    ids = ids["input_ids"]
+            else:
+                ids = tokenizer(record.prompt, add_special_tokens=True)["input_ids"]
+            if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
+                self.prompts_truncated += 1
+                if self.prompts_truncated == 1:
+                    log.warning("a prompt of %d tokens was cut to its last %d (rollout.max_prompt_tokens); "
+                                "counted in rollout/prompts_truncated", len(ids), self.max_prompt_tokens)
+                ids = ids[-self.max_prompt_tokens :]
+            out.append(list(ids))
+        return out
+
+    def rollout(self, pl_module: LightningModule, batch: PromptBatch, sampling: SamplingParams,
+                log_prefix: str | None = "train") -> RolloutBatch:
+        """Generate ``sampling.n`` completions for each prompt of ``batch`` and score them."""
+        module: RLModule = pl_module  # type: ignore[assignment]
+        records = batch.records
+        engine = self._engine(module)
+        tokenizer = module.tokenizer
+        prompt_ids = self.encode_prompts(module, records)
+
+        start = time.perf_counter()
+        generation = engine.generate(prompt_ids, sampling)
+        t_generate = time.perf_counter() - start
+
+        n = sampling.n
+        texts = tokenizer.batch_decode(generation.token_ids, skip_special_tokens=True)
+        sample_records = [r for r in records for _ in range(n)]
+        start = time.perf_counter()
+        scored = self.reward.score_batch(sample_records, texts)
+        t_score = time.perf_counter() - start
+
+        pad = tokenizer.pad_token_id
+        p_ids, p_mask = pad_left([ids for ids in prompt_ids for _ in range(n)], pad)
+        c_ids, c_mask = pad_right(generation.token_ids, pad)
+        device = module.device
+        sampler_logp = None
+        if generation.logprobs is not None:
+            sampler_logp = torch.zeros(c_ids.shape, dtype=torch.float32)
+            for i, row in enumerate(generation.logprobs):
+                sampler_logp[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
+            sampler_logp = sampler_logp.to(device)
+        rollout = RolloutBatch(
+            prompt_ids=p_ids.to(device),
+            prompt_mask=p_mask.to(device),
+            completion_ids=c_ids.to(device),
+            completion_mask=c_mask.to(device),
+            group_ids=torch.arange(len(records), device=device).repeat_interleave(n),
+            rewards=scored.rewards.to(device),
+            correct=scored.correct.to(device),
+            truncated=torch.tensor([not f for f in generation.finished], dtype=torch.bool, device=device),
+            temperature=sampling.temperature,
+            max_new_tokens=sampling.max_new_tokens,
+            sampler_logp=sampler_logp,
+            reward_parts={k: v.to(device) for k, v in scored.parts.items()},
+            prompts=[r.prompt for r in sample_records],
+            completions=texts,
+            answers=scored.answers,
+            records=sample_records,
+        )
+        if log_prefix is not None:
+            log_kw = {"on_step": True, "on_epoch": False, "batch_size": len(records)}
+            module.log("timing/generate", t_generate, **log_kw)
+            module.log("timing/score", t_score, **log_kw)
+            module.log("reward/errors", float(scored.errors), **log_kw)
+            module.log("rollout/prompts_truncated", float(self.prompts_truncated), **log_kw)
+            tokens = float(c_mask.sum())
+            module.log("timing/generated_tokens_per_s", tokens / max(t_generate, 1e-9), **log_kw)
+        return rollout

@@ -1,0 +1,118 @@
+"""``HFEngine``: rollouts with transformers ``generate`` on the policy itself (any device, no copy).
+
+Prompts are expanded ``n`` times and generated in chunks of ``generation_batch_size`` sequences
+with the KV cache; each chunk is left-padded to its own longest prompt only (on CPU a long
+padded prompt slows every decode step). Sampling uses a fresh ``GenerationConfig`` so that no
+setting shipped with a hub model (repetition penalty, a default top-k of 50, ...) silently
+changes the distribution the objective assumes it sampled from.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import GenerationConfig
+
+from lightning_dsrl.rollout.engine import Generation, RolloutEngine, SamplingParams
+
+if TYPE_CHECKING:
+    from lightning_dsrl.module import RLModule
+
+__all__ = ["HFEngine"]
+
+
+def eos_token_ids(tokenizer, model) -> list[int]:
+    """The tokenizer's EOS plus any the model's generation config declares (e.g. chat end tokens)."""
+    ids = {tokenizer.eos_token_id}
+    declared = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(declared, int):
+        ids.add(declared)
+    elif declared:
+        ids.update(declared)
+    return sorted(i for i in ids if i is not None)
+
+
+class HFEngine(RolloutEngine):
+    """Generate with ``policy.generate``.
+
+    Args:
+        generation_batch_size: sequences per ``generate`` call (prompts x samples); lower it to
+            save memory, raise it on a GPU.
+    """
+
+    def __init__(self, generation_batch_size: int = 64) -> None:
+        if generation_batch_size < 1:
+            raise ValueError("rollout.engine.generation_batch_size must be >= 1")
+        self.generation_batch_size = generation_batch_size
+        self.module: RLModule | None = None
+
+    def bind(self, module: RLModule) -> None:
+        self.module = module
+
+    def _config(self, params: SamplingParams, eos: list[int], pad: int) -> GenerationConfig:
+        if params.greedy:
+            sampling = {"do_sample": False}
+        else:
+            sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p,
+                        "top_k": params.top_k}
+        return GenerationConfig(max_new_tokens=params.max_new_tokens, eos_token_id=eos, pad_token_id=pad,
+                                stop_strings=params.stop or None, use_cache=True, **sampling)
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> Generation:
+        if self.module is None:
+            raise RuntimeError("HFEngine.generate called before bind(module)")
+        model, tokenizer = self.module.policy, self.module.tokenizer
+        eos = eos_token_ids(tokenizer, model)
+        pad = tokenizer.pad_token_id
+        config = self._config(params, eos, pad)
+        expanded = [ids for ids in prompt_ids for _ in range(params.n)]
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        token_ids: list[list[int]] = []
+        finished: list[bool] = []
+        try:
+            for start in range(0, len(expanded), self.generation_batch_size):
+                chunk = expanded[start : start + self.generation_batch_size]
+                width = max(len(ids) for ids in chunk)
+                input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                attention = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, ids in enumerate(chunk):
+                    input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                    attention[row, width - len(ids) :] = 1
+                out = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention.to(device),
+                    generation_config=config,
+                    tokenizer=tokenizer if params.stop else None,
+                )
+                for row in out[:, width:].tolist():
+                    ids, done = self._cut(row, set(eos), pad, params, tokenizer)
+                    token_ids.append(ids)
+                    finished.append(done)
+        finally:
+            model.train(was_training)
+        return Generation(token_ids=token_ids, finished=finished)
+
+    @staticmethod
+    def _cut(row: list[int], eos: set[int], pad: int, params: SamplingParams, tokenizer) -> tuple[list[int], bool]:
+        """Strip the padding ``generate`` appends after a sequence stops; keep a generated EOS."""
+        for i, token in enumerate(row):
+            if token in eos:
+                # with pad == eos, an "EOS" right after a stop string is padding, not a generated token
+                if pad in eos and params.stop and _ends_with_stop(tokenizer, row[:i], params.stop):
+                    return row[:i], True
+                return row[: i + 1], True
+        end = len(row)
+        while end > 0 and row[end - 1] == pad:
+            end -= 1
+        ids = row[:end]
+        stopped = end < len(row) or (bool(params.stop) and _ends_with_stop(tokenizer, ids, params.stop))
+        return ids, stopped
+
+
+def _ends_with_stop(tokenizer, ids: list[int], stop: list[str]) -> bool:
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return any(text.endswith(s) for s in stop)
