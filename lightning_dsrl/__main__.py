@@ -22,11 +22,21 @@ def cli_main(args: list[str] | None = None) -> None:
         sys.argv[1:] = argv
     try:
         DSRLCLI(args=None if args is None else argv)
-    except ConfigError as err:
-        if debug:
+    except Exception as err:
+        cause = _config_error(err)
+        if cause is None or debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _config_error(err: BaseException | None, depth: int = 0) -> ConfigError | None:
+    """The ConfigError behind ``err``, also when jsonargparse or Lightning wrapped it."""
+    if err is None or depth > 10:
+        return None
+    if isinstance(err, ConfigError):
+        return err
+    return _config_error(err.__cause__, depth + 1) or _config_error(err.__context__, depth + 1)
 
 
 if __name__ == "__main__":

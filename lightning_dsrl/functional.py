@@ -93,7 +93,9 @@ def group_advantages(
         std = (sq / (counts - 1).clamp(min=1)).sqrt()[index]
     else:
         std = rewards.std(correction=1) if rewards.numel() > 1 else rewards.new_zeros(())
-    return centred / (std + eps)
+    denom = std + eps
+    # a group with no spread (or of size 1) has centred == 0: give 0, never 0/0
+    return torch.where(denom > 0, centred / torch.where(denom > 0, denom, 1.0), torch.zeros_like(centred))
 
 
 def sequence_logprob(logp: Tensor, mask: Tensor, reduction: Literal["sum", "mean"] = "sum") -> Tensor:
@@ -259,7 +261,7 @@ def pass_at_k(n: int | Tensor, c: int | Tensor, k: int) -> float | Tensor:
             torch.lgamma(safe_fail + 1) - torch.lgamma(safe_fail - k + 1)
             - torch.lgamma(n_t + 1) + torch.lgamma(n_t - k + 1)
         )
-        return torch.where(fail >= k, -torch.expm1(log_ratio), torch.ones_like(n_t))
+        return torch.where(fail >= k, 0.0 - torch.expm1(log_ratio), torch.ones_like(n_t))  # 0.0 - x: no -0.0
     n, c = int(n), int(c)
     if not (1 <= k <= n and 0 <= c <= n):
         raise ValueError(f"pass@k needs 1 <= k <= n and 0 <= c <= n, got n={n}, c={c}, k={k}")

@@ -25,7 +25,6 @@ from collections import defaultdict
 from typing import Any, Literal
 
 import torch
-from jsonargparse import lazy_instance
 from lightning import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
@@ -50,7 +49,7 @@ class RLModule(LightningModule):
         attn_implementation: transformers attention backend (``sdpa``, ``eager``, ``flash_attention_2``).
         gradient_checkpointing: recompute activations in backward to save memory.
         trust_remote_code: allow model code from the hub (off unless you trust the repository).
-        objective: the loss (``GRPO``, ``DSGRPO``, ...), with its options.
+        objective: the loss (``GRPO``, ``DSGRPO``, ...), with its options (default: ``GRPO()``).
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
         adam_betas: AdamW betas.
@@ -75,7 +74,7 @@ class RLModule(LightningModule):
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
-        objective: Objective = lazy_instance(GRPO),
+        objective: Objective | None = None,
         learning_rate: float = 1e-6,
         weight_decay: float = 0.0,
         adam_betas: tuple[float, float] = (0.9, 0.999),
@@ -97,7 +96,7 @@ class RLModule(LightningModule):
             raise ConfigError(f"model.lr_schedule={lr_schedule!r}: use constant, linear or cosine")
         self.spec = ModelSpec(name_or_path, gguf_file, torch_dtype, attn_implementation,
                               gradient_checkpointing, trust_remote_code)
-        self.objective = objective
+        self.objective = objective if objective is not None else GRPO()
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.adam_betas = tuple(adam_betas)

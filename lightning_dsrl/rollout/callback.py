@@ -16,7 +16,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jsonargparse import lazy_instance
 from lightning import Callback, LightningModule, Trainer
 
 from lightning_dsrl.errors import ConfigError
@@ -61,7 +60,7 @@ class RolloutCallback(Callback):
     """Sample ``num_generations`` completions per prompt and score them.
 
     Args:
-        engine: the rollout engine (``HFEngine`` runs everywhere; ``VLLMEngine`` on GPUs).
+        engine: the rollout engine (default ``HFEngine()``, runs everywhere; ``VLLMEngine`` on GPUs).
         rewards: rewards summed with their weights; verifiers among them decide ``correct``.
         num_generations: completions per prompt (G, the group size).
         temperature: sampling temperature (log-probs are computed at the same temperature).
@@ -77,7 +76,7 @@ class RolloutCallback(Callback):
 
     def __init__(
         self,
-        engine: RolloutEngine = lazy_instance(HFEngine),
+        engine: RolloutEngine | None = None,
         rewards: list[RewardModule] | None = None,
         num_generations: int = 8,
         temperature: float = 1.0,
@@ -102,7 +101,7 @@ class RolloutCallback(Callback):
         if not rewards:
             raise ConfigError("rollout.rewards is empty: list at least one reward, e.g. "
                               "[{class_path: CountdownReward}, {class_path: FormatReward, init_args: {weight: 0.1}}]")
-        self.engine = engine
+        self.engine = engine if engine is not None else HFEngine()
         self.reward = CompositeReward(rewards)
         self.num_generations = num_generations
         self.train_sampling = SamplingParams(num_generations, temperature, top_p, top_k, max_new_tokens, list(stop or []))

@@ -88,8 +88,8 @@ class HFEngine(RolloutEngine):
                     generation_config=config,
                     tokenizer=tokenizer if params.stop else None,
                 )
-                for row in out[:, width:].tolist():
-                    ids, done = self._cut(row, set(eos), pad, params, tokenizer)
+                for prompt, row in zip(chunk, out[:, width:].tolist()):
+                    ids, done = self._cut(row, prompt, set(eos), pad, params, tokenizer)
                     token_ids.append(ids)
                     finished.append(done)
         finally:
@@ -97,22 +97,28 @@ class HFEngine(RolloutEngine):
         return Generation(token_ids=token_ids, finished=finished)
 
     @staticmethod
-    def _cut(row: list[int], eos: set[int], pad: int, params: SamplingParams, tokenizer) -> tuple[list[int], bool]:
-        """Strip the padding ``generate`` appends after a sequence stops; keep a generated EOS."""
+    def _cut(row: list[int], prompt: list[int], eos: set[int], pad: int, params: SamplingParams,
+             tokenizer) -> tuple[list[int], bool]:
+        """The generated tokens of one row without the padding ``generate`` appends after a
+        sequence stops, and whether it stopped (EOS or stop string) rather than ran out of budget.
+
+        ``generate`` matches stop strings against prompt + completion, so the check does too.
+        """
+
+        def stopped(ids: list[int]) -> bool:
+            text = tokenizer.decode(prompt + ids, skip_special_tokens=True)
+            return any(text.endswith(s) for s in params.stop)
+
         for i, token in enumerate(row):
             if token in eos:
                 # with pad == eos, an "EOS" right after a stop string is padding, not a generated token
-                if pad in eos and params.stop and _ends_with_stop(tokenizer, row[:i], params.stop):
+                if pad in eos and params.stop and stopped(row[:i]):
                     return row[:i], True
                 return row[: i + 1], True
-        end = len(row)
-        while end > 0 and row[end - 1] == pad:
-            end -= 1
-        ids = row[:end]
-        stopped = end < len(row) or (bool(params.stop) and _ends_with_stop(tokenizer, ids, params.stop))
-        return ids, stopped
-
-
-def _ends_with_stop(tokenizer, ids: list[int], stop: list[str]) -> bool:
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    return any(text.endswith(s) for s in stop)
+        if params.stop:
+            end = len(row)
+            while end > 0 and row[end - 1] == pad:
+                end -= 1
+            if stopped(row[:end]):
+                return row[:end], True
+        return row, False
