@@ -19,6 +19,7 @@ describe the distribution the completions were drawn from.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections import defaultdict
@@ -32,7 +33,7 @@ from torch import Tensor
 from lightning_dsrl import functional as F
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.metrics import PassAtK, distinct_correct, group_counts, zero_signal_fraction
-from lightning_dsrl.models import DEFAULT_MODEL, ModelSpec, load_model, load_tokenizer
+from lightning_dsrl.models import DEFAULT_MODEL, LoraSpec, ModelSpec, apply_lora, load_model, load_tokenizer
 from lightning_dsrl.objectives import GRPO, Objective
 from lightning_dsrl.types import PromptBatch, RolloutBatch
 
@@ -49,6 +50,9 @@ class RLModule(LightningModule):
         attn_implementation: transformers attention backend (``sdpa``, ``eager``, ``flash_attention_2``).
         gradient_checkpointing: recompute activations in backward to save memory.
         trust_remote_code: allow model code from the hub (off unless you trust the repository).
+        lora: train LoRA adapters (``{r, alpha, dropout, target_modules}``) instead of every weight;
+            the reference model is then the policy with adapters disabled, and checkpoints hold
+            only the adapters (``None``: full fine-tuning).
         objective: the loss (``GRPO``, ``DSGRPO``, ...), with its options (default: ``GRPO()``).
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
@@ -74,6 +78,7 @@ class RLModule(LightningModule):
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
+        lora: LoraSpec | None = None,
         objective: Objective | None = None,
         learning_rate: float = 1e-6,
         weight_decay: float = 0.0,
@@ -96,6 +101,7 @@ class RLModule(LightningModule):
             raise ConfigError(f"model.lr_schedule={lr_schedule!r}: use constant, linear or cosine")
         self.spec = ModelSpec(name_or_path, gguf_file, torch_dtype, attn_implementation,
                               gradient_checkpointing, trust_remote_code)
+        self.lora = lora
         self.objective = objective if objective is not None else GRPO()
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
@@ -125,7 +131,9 @@ class RLModule(LightningModule):
             return
         self.tokenizer = load_tokenizer(self.spec)
         self.policy = load_model(self.spec)
-        if self.objective.needs_reference:
+        if self.lora is not None:
+            self.policy = apply_lora(self.policy, self.lora)  # the reference: the same model, adapters off
+        elif self.objective.needs_reference:
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
 
     def setup(self, stage: str) -> None:
@@ -144,6 +152,22 @@ class RLModule(LightningModule):
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("reference.")]:
             del state[key]
+        if self.lora is not None:  # the base weights are rebuilt from name_or_path too: keep the adapters only
+            trainable = {f"policy.{n}" for n, p in self.policy.named_parameters() if p.requires_grad}
+            for key in [k for k in state if k.startswith("policy.") and k not in trainable]:
+                del state[key]
+        # what scripts/export_merged.py needs to rebuild the model (plain types only)
+        checkpoint["model_spec"] = dataclasses.asdict(self.spec)
+        checkpoint["lora"] = dataclasses.asdict(self.lora) if self.lora is not None else None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # loading is not strict (the reference, and with LoRA the base weights, are absent), so a
+        # LoRA checkpoint into a full model or the reverse would load nothing: refuse it instead
+        if "model_spec" in checkpoint and (checkpoint.get("lora") is None) != (self.lora is None):
+            trained = "with" if checkpoint.get("lora") is not None else "without"
+            raise ConfigError(f"the checkpoint was trained {trained} LoRA but model.lora is "
+                              f"{'set' if self.lora is not None else 'null'}; use the run's own config "
+                              "(its config.yaml) with --ckpt_path")
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -203,6 +227,21 @@ class RLModule(LightningModule):
             out[index.to(out.device), : logp.shape[1]] = logp
         return out
 
+    def reference_logprobs(self, rollout: RolloutBatch) -> Tensor:
+        """``[N, L]`` log-probs of the reference model: the frozen copy, or with LoRA the policy
+        itself with its adapters disabled (in eval mode, like the copy)."""
+        if self.lora is not None:
+            was_training = self.policy.training
+            self.policy.eval()
+            try:
+                with self.policy.disable_adapter():
+                    return self._fixed_logprobs(self.policy, rollout)
+            finally:
+                self.policy.train(was_training)
+        if self.reference is None:
+            raise ConfigError(f"{type(self.objective).__name__} needs the reference model but none was loaded")
+        return self._fixed_logprobs(self.reference, rollout)
+
     def prepare_rollout(self, rollout: RolloutBatch) -> RolloutBatch:
         """Fill ``logp_old`` (when it cannot be reused), ``logp_ref`` and ``advantages``."""
         if self.ppo_epochs > 1 or self.minibatches > 1:
@@ -211,9 +250,7 @@ class RLModule(LightningModule):
             rollout.logp_old = self._fixed_logprobs(self.policy, rollout)
             self.policy.train(was_training)
         if self.objective.needs_reference:
-            if self.reference is None:
-                raise ConfigError(f"{type(self.objective).__name__} needs the reference model but none was loaded")
-            rollout.logp_ref = self._fixed_logprobs(self.reference, rollout)
+            rollout.logp_ref = self.reference_logprobs(rollout)
         rollout.advantages = self.objective.group_advantages(rollout)
         return rollout
 
