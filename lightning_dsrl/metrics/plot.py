@@ -64,7 +64,7 @@ def passk_figure(curves: list[Curve], title: str = "pass@k") -> Figure:
     banded = [c for c in curves if c.low is not None and c.confidence is not None]
     notes = [f"band: {100 * banded[0].confidence:g}% bootstrap CI"] if banded else []
     notes += ["dotted: greedy decoding"] if any(c.greedy is not None for c in curves) else []
-    ax.legend(loc="lower right", fontsize=8, title="; ".join(notes) or None, title_fontsize=7)
+    ax.legend(loc="upper left", fontsize=8, title="; ".join(notes) or None, title_fontsize=7)
     fig.tight_layout()
     return fig
 
