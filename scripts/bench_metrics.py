@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import time
@@ -42,12 +43,13 @@ def synthetic_rollout(problems: int, samples: int, seed: int = 0) -> tuple[Rollo
     return rollout, torch.rand(n, 32)
 
 
-def time_report(problems: int, samples: int, bootstrap: int, greedy: bool, repeats: int) -> float:
+def time_report(problems: int, samples: int, bootstrap: int, greedy: bool, repeats: int, self_bleu: bool = True
+                ) -> float:
     rollout, entropy = synthetic_rollout(problems, samples)
     greedy_correct = torch.zeros(problems, dtype=torch.bool) if greedy else None
     best = float("inf")
     for _ in range(repeats):
-        metrics = RolloutMetrics(bootstrap=bootstrap)
+        metrics = RolloutMetrics(bootstrap=bootstrap, self_bleu=self_bleu)
         start = time.perf_counter()
         metrics.update(rollout, entropy=entropy, greedy_correct=greedy_correct)
         metrics.compute()
@@ -60,15 +62,20 @@ def main() -> None:
     parser.add_argument("--out", default="bench/metrics.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cases = [
-        ("train step B=32 G=8", 32, 8, 0, False),
-        ("train step B=64 G=16", 64, 16, 0, False),
-        ("validation P=200 n=16", 200, 16, 1000, True),
+    cases = [  # name, problems, samples, bootstrap, greedy, self_bleu
+        ("train step B=32 G=8", 32, 8, 0, False, True),
+        ("  without Self-BLEU", 32, 8, 0, False, False),
+        ("train step B=64 G=16", 64, 16, 0, False, True),
+        ("  without Self-BLEU", 64, 16, 0, False, False),
+        ("validation P=200 n=16", 200, 16, 1000, True, True),
     ]
-    results = {"machine": platform.processor() or platform.machine(), "threads": 1, "cases": []}
-    for name, problems, samples, bootstrap, greedy in cases:
-        seconds = time_report(problems, samples, bootstrap, greedy, repeats=3)
-        results["cases"].append({"case": name, "problems": problems, "samples": samples, "bootstrap": bootstrap,
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # timings on a shared machine mean little
+    results = {"machine": platform.processor() or platform.machine(), "threads": 1, "load_average_1min": load,
+               "cpus": os.cpu_count(), "cases": []}
+    for name, problems, samples, bootstrap, greedy, self_bleu in cases:
+        seconds = time_report(problems, samples, bootstrap, greedy, repeats=3, self_bleu=self_bleu)
+        results["cases"].append({"case": name.strip(), "problems": problems, "samples": samples,
+                                 "bootstrap": bootstrap, "self_bleu": self_bleu,
                                  "seconds_best_of_3": round(seconds, 4)})
         print(f"{name:<24} {seconds * 1000:8.1f} ms")
     out = Path(args.out)
