@@ -49,10 +49,14 @@ def small_run(tmp_path, model_dir: str, config: Path | str, *extra: str) -> list
     ]
 
 
-def scalar_tags(run_root: Path) -> set[str]:
+def events_of(run_root: Path) -> EventAccumulator:
     events = EventAccumulator(str(next(run_root.glob("version_*/events.out.tfevents.*"))))
     events.Reload()
-    return set(events.Tags()["scalars"])
+    return events
+
+
+def scalar_tags(run_root: Path) -> set[str]:
+    return set(events_of(run_root).Tags()["scalars"])
 
 
 def test_every_objective_has_a_config():
@@ -62,9 +66,13 @@ def test_every_objective_has_a_config():
 @pytest.mark.parametrize("config", OBJECTIVE_CONFIGS, ids=lambda p: p.stem)
 def test_fit_every_objective_config(tmp_path, tiny_model_dir, config):
     cli_main(small_run(tmp_path, tiny_model_dir, config))
-    tags = scalar_tags(tmp_path / "runs" / config.stem)  # logger name = config stem
-    expected = {"train/reward_mean", "train/policy_loss", "train/grad_norm"} | ADDED_TAGS.get(config.stem, set())
+    events = events_of(tmp_path / "runs" / config.stem)  # logger name = config stem
+    tags = set(events.Tags()["scalars"])
+    expected = {"train/reward_mean", "train/policy_loss", "train/ratio_mean"} | ADDED_TAGS.get(config.stem, set())
     assert expected <= tags, expected - tags
+    # ppo_epochs 1, one minibatch: the old log-probs are the new ones, rho == 1 exactly, nothing clipped
+    assert [e.value for e in events.Scalars("train/ratio_mean")] == [1.0, 1.0]
+    assert [e.value for e in events.Scalars("train/clip_fraction")] == [0.0, 0.0]
     if config.stem == "dapo":
         assert "train/kl" not in tags  # beta 0: no KL, no reference model
 
