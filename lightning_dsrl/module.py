@@ -31,6 +31,7 @@ from torch import Tensor
 
 from lightning_dsrl import functional as F
 from lightning_dsrl.errors import ConfigError
+from lightning_dsrl.logprobs import completion_logits
 from lightning_dsrl.metrics import PassAtK, distinct_correct, group_counts, zero_signal_fraction
 from lightning_dsrl.models import DEFAULT_MODEL, ModelSpec, load_model, load_tokenizer
 from lightning_dsrl.objectives import GRPO, Objective
@@ -64,6 +65,8 @@ class RLModule(LightningModule):
             (each such step is skipped, not applied).
         log_samples_every_n_steps: write a table of prompts, completions and rewards to TensorBoard
             every this many rollouts (0: never).
+        share_prompt_prefix: run each group's prompt once in the log-prob and training passes and
+            share its KV cache with the group's completions (same values, less compute).
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class RLModule(LightningModule):
         max_grad_norm: float | None = 1.0,
         max_nonfinite_steps: int = 5,
         log_samples_every_n_steps: int = 25,
+        share_prompt_prefix: bool = True,
     ) -> None:
         super().__init__()
         if ppo_epochs < 1 or minibatches < 1 or micro_batch_size < 1:
@@ -108,6 +112,7 @@ class RLModule(LightningModule):
         self.max_grad_norm = max_grad_norm
         self.max_nonfinite_steps = max_nonfinite_steps
         self.log_samples_every_n_steps = log_samples_every_n_steps
+        self.share_prompt_prefix = share_prompt_prefix
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints leave out the frozen reference model
         self.policy = None
@@ -181,16 +186,10 @@ class RLModule(LightningModule):
         """Log-probs ``[n, L]`` of the completion tokens under ``model``, and the token entropy
         ``[n, L]`` of its full distribution when asked (with or without gradient).
 
-        The input is ``prompt + completion[:-1]``; logits are kept for the last ``L`` positions
-        only, the ones that predict completion tokens. Padded positions are zero.
+        Logits exist for completion positions only, one micro-batch at a time, and the prompt
+        of a group runs once (see :mod:`lightning_dsrl.logprobs`). Padded positions are zero.
         """
-        length = batch.completion_ids.shape[1]
-        input_ids = torch.cat([batch.prompt_ids, batch.completion_ids[:, :-1]], dim=1)
-        attention = torch.cat([batch.prompt_mask, batch.completion_mask[:, :-1]], dim=1).long()
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                    logits_to_keep=length, use_cache=False)
-        logits = out.logits[:, -length:]  # [n, L, V], one micro-batch only
+        logits = completion_logits(model, batch, self.share_prompt_prefix)  # [n, L, V], one micro-batch only
         if batch.temperature != 1.0:
             logits = logits / batch.temperature
         mask = batch.completion_mask
