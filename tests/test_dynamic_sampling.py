@@ -150,3 +150,26 @@ def test_concat_repads_and_keeps_groups_apart():
     assert out.completion_mask.sum(-1).tolist() == [3, 3, 1, 1]
     assert out.logp_old[2].tolist() == [-1.0, 0.0, 0.0]
     assert out.completions == ["4a", "4b", "4a", "4b"] and out.reward_parts["r"].tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_a_concatenated_rollout_gives_the_same_logprobs_as_its_parts(tiny_model_dir):
+    """What refill returns goes through the module like any rollout (prompt sharing per group included)."""
+    from lightning_dsrl.data import CountdownTask
+    from lightning_dsrl.module import RLModule
+    from lightning_dsrl.rewards import CountdownReward
+
+    module = RLModule(name_or_path=tiny_model_dir, objective=None)
+    module.configure_model()
+    callback = RolloutCallback(rewards=[CountdownReward()], num_generations=2, max_new_tokens=6)
+    pool = CountdownTask(num_train=2, num_val=1, max_number=99, max_target=900, seed=1).records("train")
+    short = [PromptRecord(prompt="N: 1 2\nT: 3\n", meta=pool[0].meta), PromptRecord(prompt="T: 9\n", meta=pool[1].meta)]
+    torch.manual_seed(0)
+    parts = [callback.rollout(module, PromptBatch(records), callback.train_sampling, log_prefix=None)
+             for records in (pool, short)]
+    assert parts[0].prompt_ids.shape[1] > parts[1].prompt_ids.shape[1]  # the second part is re-padded
+    joined = RolloutBatch.concat(parts, pad_id=module.tokenizer.pad_token_id)
+    with torch.no_grad():
+        together, _ = module.completion_logprobs(module.policy, joined)
+        for part, rows in zip(parts, (slice(0, 4), slice(4, 8))):
+            alone, _ = module.completion_logprobs(module.policy, part)
+            torch.testing.assert_close(together[rows, : alone.shape[1]], alone, atol=1e-5, rtol=1e-5)
