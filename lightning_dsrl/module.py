@@ -134,7 +134,8 @@ class RLModule(LightningModule):
         self.policy = None
         self.reference = None
         self.tokenizer = None
-        self.train_metrics = RolloutMetrics(self_bleu=train_self_bleu)  # one rollout at a time: updated, read and reset every step
+        # training: one rollout at a time (updated, read and reset every step); validation: the whole set
+        self.train_metrics = RolloutMetrics(self_bleu=train_self_bleu)
         self.val_metrics = RolloutMetrics(bootstrap=val_bootstrap, confidence=val_confidence)
         self._val_rows: list[dict[str, Any]] = []
         self._nonfinite_in_a_row = 0
@@ -161,6 +162,15 @@ class RLModule(LightningModule):
             raise ConfigError("no RolloutCallback in the trainer: run through `python -m lightning_dsrl` (which adds "
                               "it from the `rollout:` section) or add one to trainer.callbacks")
         self.objective.check(callbacks[0].num_generations)
+
+    def on_fit_start(self) -> None:
+        self._require_reference()  # the models exist now: fail before the first rollout, not in it
+
+    def _require_reference(self) -> None:
+        if self.objective.needs_reference and self.reference is None:
+            raise ConfigError(f"model.objective: {type(self.objective).__name__} needs the reference model but none "
+                              "was loaded; build the module with this objective (configure_model loads the reference "
+                              "when objective.needs_reference is true) or set beta: 0 / smoothing_model: old")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the reference model is the frozen base model: rebuilt from name_or_path, never saved
@@ -228,8 +238,7 @@ class RLModule(LightningModule):
             rollout.logp_old = self._fixed_logprobs(self.policy, rollout)
             self.policy.train(was_training)
         if self.objective.needs_reference:
-            if self.reference is None:
-                raise ConfigError(f"{type(self.objective).__name__} needs the reference model but none was loaded")
+            self._require_reference()
             rollout.logp_ref = self._fixed_logprobs(self.reference, rollout)
         rollout.advantages = self.objective.group_advantages(rollout)
         return rollout
