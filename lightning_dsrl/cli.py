@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
 from jsonargparse import lazy_instance
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -21,10 +22,28 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_dsrl.data.datamodule import PromptDataModule
+from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.module import RLModule
 from lightning_dsrl.rollout.callback import RolloutCallback
 
-__all__ = ["DSRLCLI"]
+__all__ = ["DSRLCLI", "check_ckpt_path"]
+
+_SPECIAL_CKPT = ("best", "last", "hpc")  # resolved by Lightning itself
+
+
+def check_ckpt_path(ckpt_path: str | None) -> None:
+    """Fail early, in one line, when ``--ckpt_path`` names a file that is not there."""
+    if not ckpt_path or str(ckpt_path) in _SPECIAL_CKPT or "://" in str(ckpt_path):
+        return
+    path = Path(ckpt_path)
+    if path.is_file():
+        return
+    found = sorted(path.parent.glob("*.ckpt")) if path.parent.is_dir() else []
+    hint = f"; checkpoints in {path.parent}: {', '.join(p.name for p in found[:5])}" if found else (
+        "; a run keeps its checkpoints in runs/<name>/version_<n>/checkpoints/ (last.ckpt), "
+        "or leave --ckpt_path out to evaluate the base model")
+    what = "a directory, not a checkpoint file" if path.is_dir() else "no such file"
+    raise ConfigError(f"--ckpt_path {ckpt_path}: {what}{hint}")
 
 # The frozen reference model is in eval mode on purpose (no dropout); Lightning warns about it.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
@@ -64,3 +83,7 @@ class DSRLCLI(LightningCLI):
                 "checkpoint.every_n_train_steps": 50,
             }
         )
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand in ("validate", "test"):  # before the model loads, not after
+            check_ckpt_path(self.config[self.subcommand].get("ckpt_path"))

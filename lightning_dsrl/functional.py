@@ -244,7 +244,13 @@ def pass_at_k(n: int | Tensor, c: int | Tensor, k: int) -> float | Tensor:
 
     On Python ints the result is exact (integer binomials) and returned as a float. On tensors
     of ``n`` and ``c`` (one entry per problem) it returns one value per problem (not the mean),
-    computed in float64 through log-gamma, which stays accurate for n in the hundreds.
+    in float64 through Chen et al.'s product form,
+
+        C(n - c, k) / C(n, k) = prod_{i = n-c+1}^{n} (1 - k / i)
+                              = exp(T(n) - T(n - c)),   T(m) = sum_{i = k+1}^{m} log1p(-k / i),
+
+    with ``T`` a cumulative sum, so ``c = 0`` gives exactly 0, ``n - c < k`` exactly 1, and the
+    values stay accurate for n in the hundreds.
 
     >>> pass_at_k(4, 1, 2)
     0.5
@@ -252,19 +258,18 @@ def pass_at_k(n: int | Tensor, c: int | Tensor, k: int) -> float | Tensor:
     tensor([0.5000, 0.0000], dtype=torch.float64)
     """
     if isinstance(n, Tensor) or isinstance(c, Tensor):
-        n_t = torch.as_tensor(n, dtype=torch.float64)
-        c_t = torch.as_tensor(c, dtype=torch.float64, device=n_t.device)
+        n_t = torch.as_tensor(n, dtype=torch.long)
+        c_t = torch.as_tensor(c, dtype=torch.long, device=n_t.device)
         n_t, c_t = torch.broadcast_tensors(n_t, c_t)
         if bool((k > n_t).any()) or bool((c_t > n_t).any()) or bool((c_t < 0).any()) or k < 1:
             raise ValueError(f"pass@k needs 1 <= k <= n and 0 <= c <= n (k={k})")
         fail = n_t - c_t
-        # log C(fail, k) - log C(n, k), only meaningful where fail >= k
-        safe_fail = torch.where(fail >= k, fail, torch.full_like(fail, float(k)))
-        log_ratio = (
-            torch.lgamma(safe_fail + 1) - torch.lgamma(safe_fail - k + 1)
-            - torch.lgamma(n_t + 1) + torch.lgamma(n_t - k + 1)
-        )
-        return torch.where(fail >= k, 0.0 - torch.expm1(log_ratio), torch.ones_like(n_t))  # 0.0 - x: no -0.0
+        top = int(n_t.max()) if n_t.numel() else k
+        i = torch.arange(k + 1, top + 1, dtype=torch.float64, device=n_t.device)
+        cum = torch.cat([torch.zeros(k + 1, dtype=torch.float64, device=n_t.device),
+                         torch.cumsum(torch.log1p(-k / i), 0)])  # [top + 1], cum[m] = T(m), 0 for m <= k
+        log_ratio = cum[n_t] - cum[fail]  # meaningful only where fail >= k
+        return torch.where(fail >= k, 0.0 - torch.expm1(log_ratio), torch.ones_like(log_ratio))  # 0.0 - x: no -0.0
     n, c = int(n), int(c)
     if not (1 <= k <= n and 0 <= c <= n):
         raise ValueError(f"pass@k needs 1 <= k <= n and 0 <= c <= n, got n={n}, c={c}, k={k}")

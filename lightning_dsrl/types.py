@@ -37,10 +37,12 @@ class PromptRecord:
 
 @dataclass
 class PromptBatch:
-    """What the dataloader yields: ``B`` prompt records; the rollout callback fills ``rollout``."""
+    """What the dataloader yields: ``B`` prompt records; the rollout callback fills ``rollout``
+    (and, in validation, ``greedy``)."""
 
     records: list[PromptRecord]
     rollout: RolloutBatch | None = None
+    greedy: RolloutBatch | None = None  # validation: one greedy completion per prompt (for Potential@k)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -4,6 +4,7 @@
                                (dynamic_sampling: groups with all-equal rewards replaced, see ``refill``)
     on_train_batch_end         engine.sync_weights(module)   (no-op for the HF engine)
     on_validation_batch_start  B prompts -> val_num_generations samples each -> batch.rollout
+                               (+ one greedy completion each -> batch.greedy, for Potential@k)
 
 Lightning means callbacks for non-essential code; the rollout is essential, so this class stays
 thin (sampling settings, tokenising, tensor layout) and the module refuses a batch without a
@@ -83,6 +84,8 @@ class RolloutCallback(Callback):
         val_num_generations: samples per prompt in validation (pass@k is reported up to this k).
         val_temperature: sampling temperature in validation.
         val_top_p: nucleus threshold in validation.
+        val_greedy: also decode one greedy completion per validation prompt (Potential@k and the
+            greedy accuracy need it).
         dynamic_sampling: DAPO's dynamic sampling: drop the groups whose rewards are all equal (no
             GRPO signal) and replace them with groups for fresh training prompts. Meant for GRPO-style
             objectives; DS-GRPO and the entropy objectives still learn from such groups.
@@ -105,6 +108,7 @@ class RolloutCallback(Callback):
         val_num_generations: int = 16,
         val_temperature: float = 1.0,
         val_top_p: float = 1.0,
+        val_greedy: bool = True,
         dynamic_sampling: bool = False,
         max_resample_rounds: int = 3,
     ) -> None:
@@ -128,6 +132,8 @@ class RolloutCallback(Callback):
         self.train_sampling = SamplingParams(num_generations, temperature, top_p, top_k, max_new_tokens, list(stop or []))
         self.val_sampling = SamplingParams(val_num_generations, val_temperature, val_top_p, top_k, max_new_tokens,
                                            list(stop or []))
+        self.val_greedy = val_greedy
+        self.greedy_sampling = SamplingParams(1, 1.0, 1.0, 0, max_new_tokens, list(stop or []), greedy=True)
         self.max_prompt_tokens = max_prompt_tokens
         self.dynamic_sampling = dynamic_sampling
         self.max_resample_rounds = max_resample_rounds
@@ -153,10 +159,12 @@ class RolloutCallback(Callback):
     def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int,
                                   dataloader_idx: int = 0) -> None:
         batch.rollout = self.rollout(pl_module, batch, self.val_sampling, log_prefix=None)
+        if self.val_greedy:
+            batch.greedy = self.rollout(pl_module, batch, self.greedy_sampling, log_prefix=None)
 
     def on_test_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int,
                             dataloader_idx: int = 0) -> None:
-        batch.rollout = self.rollout(pl_module, batch, self.val_sampling, log_prefix=None)
+        self.on_validation_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
 
     # ------------------------------------------------------------------ work
     def refill(self, pl_module: LightningModule, rollout: RolloutBatch, records: list[PromptRecord], step: int
