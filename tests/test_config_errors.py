@@ -120,6 +120,7 @@ def run(tmp_path, model_dir, *extra) -> list[str]:
     return ["--config", BASE, "--model.name_or_path", model_dir,
             "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
             "--data.batch_size", "2", "--data.task.init_args.num_train", "8", "--data.task.init_args.num_val", "2",
+            "--data.task.init_args.max_number", "6", "--data.task.init_args.max_target", "30",
             "--rollout.num_generations", "2", "--rollout.val_num_generations", "2", "--rollout.max_new_tokens", "6",
             *extra]
 

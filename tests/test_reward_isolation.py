@@ -135,6 +135,7 @@ def small_run(tmp_path, model_dir, *extra) -> list[str]:
         "--model.name_or_path", model_dir,
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
         "--data.batch_size", "2", "--data.task.init_args.num_train", "8", "--data.task.init_args.num_val", "2",
+            "--data.task.init_args.max_number", "6", "--data.task.init_args.max_target", "30",
         "--rollout.num_generations", "2", "--rollout.max_new_tokens", "6",
         "--trainer.enable_progress_bar", "false", "--trainer.max_steps", "2",
         *extra,

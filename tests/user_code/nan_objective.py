@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_dsrl.objectives import GRPO
+from lightning_dsrl.objectives import DSGRPO
 from lightning_dsrl.types import RolloutBatch
 
 
@@ -23,14 +23,14 @@ class _NaNGradient(torch.autograd.Function):
         return grad * float("nan")
 
 
-class NaNObjective(GRPO):
-    """GRPO whose loss (``where="loss"``) or gradient (``where="grad"``) is NaN for its first
+class NaNObjective(DSGRPO):
+    """DS-GRPO whose loss (``where="loss"``) or gradient (``where="grad"``) is NaN for its first
     ``nan_calls`` loss calls (-1: always).
 
     Args:
         where: ``loss`` or ``grad``.
         nan_calls: how many loss calls go non-finite before it behaves (-1: all of them).
-        **kwargs: GRPO's options.
+        **kwargs: DS-GRPO's options.
     """
 
     def __init__(self, where: Literal["loss", "grad"] = "loss", nan_calls: int = -1, **kwargs) -> None:
