@@ -16,6 +16,8 @@ The CLI sets it as the trainer's checkpoint plugin unless the config names anoth
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -68,4 +70,11 @@ class SafeCheckpointIO(TorchCheckpointIO):
             raise ConfigError("weights_only=false: lightning_dsrl loads checkpoints with weights_only=True only, "
                               "since unpickling arbitrary objects runs code from the file; drop --weights_only "
                               "(its checkpoints hold tensors and plain values)")
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(err))
+            what = f" (it references {found.group(1)})" if found else ""
+            raise ConfigError(f"ckpt_path={str(path)!r}: the file holds pickled Python objects besides tensors{what}, "
+                              "which lightning_dsrl does not load because unpickling can run code from the file; use "
+                              "a checkpoint written by lightning_dsrl") from err
