@@ -27,6 +27,9 @@ __all__ = [
     "token_logprobs",
     "entropy_from_logits",
     "pass_at_k",
+    "sampled_entropy",
+    "passk_advantages",
+    "group_has_spread",
 ]
 
 AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
@@ -268,3 +271,91 @@ def pass_at_k(n: int | Tensor, c: int | Tensor, k: int) -> float | Tensor:
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def sampled_entropy(logp: Tensor, logp_old: Tensor, mask: Tensor) -> Tensor:
+    """Per-sequence entropy estimate from the sampled tokens, R1-zero-Div's ``D_i`` (ALGORITHMS.md section 4).
+
+        H(pi(.|s)) = E_{a ~ pi_old}[ -(pi(a|s) / pi_old(a|s)) * log pi(a|s) ]
+        D_i        = (1/T_i) * sum_t [ -rho(i,t) * logp(i,t) ],     rho = exp(logp - logp_old)
+
+    Differentiable through ``logp`` (both in ``rho`` and in ``log pi``): at ``rho == 1`` the
+    per-token gradient of ``D_i`` is ``-(1 + logp) / T_i`` with respect to ``logp``, positive
+    for tokens with ``pi < 1/e``. ``logp_old`` is treated as a constant.
+
+    Args:
+        logp: ``[N, L]`` log-probs of the sampled tokens under the current policy.
+        logp_old: ``[N, L]`` log-probs under the policy that sampled them.
+        mask: ``[N, L]`` completion mask.
+    Returns:
+        ``[N]`` estimates (0 for an empty completion).
+
+    >>> half = torch.log(torch.tensor([[0.5, 0.5], [0.25, 1.0]]))
+    >>> sampled_entropy(half, half, torch.tensor([[1, 1], [1, 0]]))  # -log .5 = .6931, -log .25 = 1.3863
+    tensor([0.6931, 1.3863])
+    """
+    ratio = torch.exp(logp - logp_old.detach())  # [N, L]
+    return masked_mean(-ratio * logp, mask, dim=-1)
+
+
+def passk_advantages(correct: Tensor, group_ids: Tensor, k: int, eps: float = 1e-6) -> Tensor:
+    """Analytic Pass@k-training advantages (Chen et al. 2025, arXiv 2508.10751, eqs. 14-15).
+
+    For a group of ``N`` samples, ``N_neg`` of them incorrect, the reward of a random k-subset is
+    1 if it holds a correct sample; its mean and standard deviation over all k-subsets are
+
+        R     = 1 - C(N_neg, k) / C(N, k)                      (the unbiased pass@k of the group)
+        sigma = sqrt(R * (1 - R))
+
+    and a sample's advantage is the mean over the subsets holding it of ``(reward - R) / sigma``:
+
+        A_pos = (1 - R) / (sigma + eps)
+        A_neg = (1 - R - C(N_neg - 1, k - 1) / C(N - 1, k - 1)) / (sigma + eps)
+
+    A group with ``sigma == 0`` (all incorrect, or too few incorrect to fill a k-subset) gets 0.
+    The binomials are exact integers (``math.comb``), so ``sigma`` is exactly 0 there. With
+    ``k = 1`` this is GRPO's ``(c_i - mean) / std`` with the population std.
+
+    Args:
+        correct: ``[N]`` bool verdicts. group_ids: ``[N]`` integer group labels. k: 1 <= k <= every group's size.
+    Returns:
+        ``[N]`` float32 advantages.
+
+    N = 4, one correct, k = 2: R = 1 - C(3,2)/C(4,2) = 1/2, sigma = 1/2, A_pos = (1/2)/(1/2) = 1,
+    A_neg = (1/2 - C(2,1)/C(3,1)) / (1/2) = -1/3:
+
+    >>> passk_advantages(torch.tensor([True, False, False, False]), torch.zeros(4, dtype=torch.long), k=2)
+    tensor([ 1.0000, -0.3333, -0.3333, -0.3333])
+    """
+    index, counts = _group_index(group_ids)
+    num_correct = torch.zeros(counts.numel(), dtype=torch.long).index_add_(0, index.cpu(), correct.long().cpu())
+    a_pos = torch.zeros(counts.numel(), dtype=torch.float64)
+    a_neg = torch.zeros_like(a_pos)
+    for g, (n, c) in enumerate(zip(counts.tolist(), num_correct.tolist())):
+        if not 1 <= k <= n:
+            raise ValueError(f"pass@k advantages need 1 <= k <= group size, got k={k} for a group of {n}")
+        neg = n - c
+        fail = math.comb(neg, k) / math.comb(n, k)  # 1 - R, exact ratio of integers
+        sigma = math.sqrt((1.0 - fail) * fail)
+        if sigma == 0.0:
+            continue
+        a_pos[g] = fail / (sigma + eps)
+        a_neg[g] = (fail - math.comb(neg - 1, k - 1) / math.comb(n - 1, k - 1)) / (sigma + eps) if neg else 0.0
+    out = torch.where(correct.cpu().bool(), a_pos[index.cpu()], a_neg[index.cpu()])
+    return out.float().to(correct.device)
+
+
+def group_has_spread(rewards: Tensor, group_ids: Tensor) -> Tensor:
+    """``[N]`` bool: whether the sample's group has rewards that are not all equal.
+
+    A group whose rewards are all equal has ``A_i = 0`` under every GRPO scaling and carries no
+    policy-gradient signal; DAPO's dynamic sampling drops such groups.
+
+    >>> group_has_spread(torch.tensor([1., 0., 1., 1.]), torch.tensor([4, 4, 9, 9]))
+    tensor([ True,  True, False, False])
+    """
+    index, counts = _group_index(group_ids)
+    rewards = rewards.float()
+    high = torch.full((counts.numel(),), -math.inf, device=rewards.device).scatter_reduce(0, index, rewards, "amax")
+    low = torch.full((counts.numel(),), math.inf, device=rewards.device).scatter_reduce(0, index, rewards, "amin")
+    return (high > low)[index]

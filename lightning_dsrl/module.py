@@ -38,6 +38,7 @@ from torch import Tensor
 
 from lightning_dsrl import functional as F
 from lightning_dsrl.errors import ConfigError, TrainingError
+from lightning_dsrl.logprobs import completion_logits
 from lightning_dsrl.metrics import PassAtK, distinct_correct, group_counts, zero_signal_fraction
 from lightning_dsrl.models import DEFAULT_MODEL, ModelSpec, load_model, load_tokenizer
 from lightning_dsrl.objectives import GRPO, Objective
@@ -71,6 +72,8 @@ class RLModule(LightningModule):
             (each such step is skipped, not applied).
         log_samples_every_n_steps: write a table of prompts, completions and rewards to TensorBoard
             every this many rollouts (0: never).
+        share_prompt_prefix: run each group's prompt once in the log-prob and training passes and
+            share its KV cache with the group's completions (same values, less compute).
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class RLModule(LightningModule):
         max_grad_norm: float | None = 1.0,
         max_nonfinite_steps: int = 5,
         log_samples_every_n_steps: int = 25,
+        share_prompt_prefix: bool = True,
     ) -> None:
         super().__init__()
         if ppo_epochs < 1 or minibatches < 1 or micro_batch_size < 1:
@@ -117,6 +121,7 @@ class RLModule(LightningModule):
         self.max_grad_norm = max_grad_norm
         self.max_nonfinite_steps = max_nonfinite_steps
         self.log_samples_every_n_steps = log_samples_every_n_steps
+        self.share_prompt_prefix = share_prompt_prefix
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints leave out the frozen reference model
         self.policy = None
@@ -148,6 +153,15 @@ class RLModule(LightningModule):
             raise ConfigError("no RolloutCallback in the trainer: run through `python -m lightning_dsrl` (which adds "
                               "it from the `rollout:` section) or add one to trainer.callbacks")
         self.objective.check(callbacks[0].num_generations)
+
+    def on_fit_start(self) -> None:
+        self._require_reference()  # the models exist now: fail before the first rollout, not in it
+
+    def _require_reference(self) -> None:
+        if self.objective.needs_reference and self.reference is None:
+            raise ConfigError(f"model.objective: {type(self.objective).__name__} needs the reference model but none "
+                              "was loaded; build the module with this objective (configure_model loads the reference "
+                              "when objective.needs_reference is true) or set beta: 0 / smoothing_model: old")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the reference model is the frozen base model: rebuilt from name_or_path, never saved
@@ -182,17 +196,12 @@ class RLModule(LightningModule):
         """Log-probs ``[n, L]`` of the completion tokens under ``model``, and the token entropy
         ``[n, L]`` of its full distribution when asked (with or without gradient).
 
-        The input is ``prompt + completion[:-1]``; logits are kept for the last ``L`` positions
-        only, the ones that predict completion tokens. Padded positions are zero.
+        Logits exist for completion positions only, one micro-batch at a time, and the prompt
+        of a group runs once (see :mod:`lightning_dsrl.logprobs`). Padded positions are zero.
         """
-        length = batch.completion_ids.shape[1]
-        input_ids = torch.cat([batch.prompt_ids, batch.completion_ids[:, :-1]], dim=1)
-        attention = torch.cat([batch.prompt_mask, batch.completion_mask[:, :-1]], dim=1).long()
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                    logits_to_keep=length, use_cache=False)
+        logits = completion_logits(model, batch, self.share_prompt_prefix)  # [n, L, V], one micro-batch only
         # float32 before the temperature: dividing bf16 logits rounds them to 8 bits of mantissa
-        logits = out.logits[:, -length:].float()  # [n, L, V], one micro-batch only
+        logits = logits.float()
         if batch.temperature != 1.0:
             logits = logits / batch.temperature
         mask = batch.completion_mask
@@ -222,8 +231,7 @@ class RLModule(LightningModule):
             rollout.logp_old = self._fixed_logprobs(self.policy, rollout)
             self.policy.train(was_training)
         if self.objective.needs_reference:
-            if self.reference is None:
-                raise ConfigError(f"{type(self.objective).__name__} needs the reference model but none was loaded")
+            self._require_reference()
             rollout.logp_ref = self._fixed_logprobs(self.reference, rollout)
         rollout.advantages = self.objective.group_advantages(rollout)
         return rollout

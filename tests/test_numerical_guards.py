@@ -17,6 +17,7 @@ from lightning_dsrl import functional as F
 from lightning_dsrl.__main__ import cli_main
 from lightning_dsrl.data import CountdownTask, PromptDataModule
 from lightning_dsrl.errors import ConfigError
+from lightning_dsrl.logprobs import completion_logits
 from lightning_dsrl.module import RLModule
 from lightning_dsrl.objectives import DSGRPO, GRPO
 from lightning_dsrl.rewards import CountdownReward
@@ -134,8 +135,7 @@ def test_logprobs_are_float32_with_bf16_weights(tiny_model_dir):
     )
     with torch.no_grad():
         logp, entropy = module.completion_logprobs(module.policy, batch, entropy="detached")
-        inputs = torch.cat([batch.prompt_ids, batch.completion_ids[:, :-1]], 1)
-        logits = module.policy(input_ids=inputs, logits_to_keep=length, use_cache=False).logits[:, -length:]
+        logits = completion_logits(module.policy, batch, module.share_prompt_prefix)  # the same forward
     assert logits.dtype == torch.bfloat16 and logp.dtype == torch.float32 and entropy.dtype == torch.float32
     exact = torch.log_softmax(logits.float() / 0.7, -1).gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(logp, exact, atol=1e-5, rtol=1e-5)

@@ -60,6 +60,22 @@ def test_cut_strips_padding_after_eos_and_stop_strings(module):
     assert cut([b, b, eos, eos], [a], {eos}, eos, stop, tok) == ([b, b, eos], True)
 
 
+def test_chunks_keep_copies_together_and_respect_the_batch_size():
+    engine = HFEngine(generation_batch_size=5)
+    assert engine._chunks(3, 2) == [[(0, 2), (1, 2), (2, 1)], [(2, 1)]]
+    assert engine._chunks(1, 12) == [[(0, 5)], [(0, 5)], [(0, 2)]]
+
+
+def test_shared_prefill_gives_the_same_greedy_completions(module):
+    prompts = [module.tokenizer(text)["input_ids"] for text in ("Numbers: 1 2 3\nTarget: 6\n", "ab", "xyz12")]
+    outs = []
+    for share in (False, True):
+        engine = HFEngine(generation_batch_size=4, share_prompt_prefix=share)
+        engine.bind(module)
+        outs.append(engine.generate(prompts, SamplingParams(n=3, max_new_tokens=10, greedy=True)).token_ids)
+    assert outs[0] == outs[1]
+
+
 def test_greedy_is_deterministic(module):
     engine = HFEngine()
     engine.bind(module)

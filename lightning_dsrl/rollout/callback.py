@@ -1,6 +1,7 @@
 """``RolloutCallback``: turns each batch of prompts into a scored :class:`RolloutBatch`.
 
     on_train_batch_start       B prompts -> engine.generate(G each) -> rewards -> batch.rollout
+                               (dynamic_sampling: groups with all-equal rewards replaced, see ``refill``)
     on_train_batch_end         engine.sync_weights(module)   (no-op for the HF engine)
     on_validation_batch_start  B prompts -> val_num_generations samples each -> batch.rollout
 
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lightning import Callback, LightningModule, Trainer
 
+from lightning_dsrl import functional as F
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.rewards.base import CompositeReward, RewardModule
 from lightning_dsrl.rollout.engine import RolloutEngine, SamplingParams
@@ -30,6 +32,15 @@ if TYPE_CHECKING:
 __all__ = ["RolloutCallback", "pad_left", "pad_right"]
 
 log = logging.getLogger(__name__)
+
+
+def _training_records(trainer: Trainer) -> list[PromptRecord]:
+    """The records of the training dataloader's dataset (where dynamic sampling draws fresh prompts)."""
+    records = getattr(getattr(trainer.train_dataloader, "dataset", None), "records", None)
+    if not records:
+        raise ConfigError("rollout.dynamic_sampling draws fresh prompts from the training dataset, but the train "
+                          "dataloader has no `dataset.records`; use PromptDataModule or set dynamic_sampling: false")
+    return list(records)
 
 
 def pad_left(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +87,12 @@ class RolloutCallback(Callback):
         val_num_generations: samples per prompt in validation (pass@k is reported up to this k).
         val_temperature: sampling temperature in validation.
         val_top_p: nucleus threshold in validation.
+        dynamic_sampling: DAPO's dynamic sampling: drop the groups whose rewards are all equal (no
+            GRPO signal) and replace them with groups for fresh training prompts. Meant for GRPO-style
+            objectives; DS-GRPO and the entropy objectives still learn from such groups.
+        max_resample_rounds: with ``dynamic_sampling``, at most this many extra generation rounds of
+            ``data.batch_size`` fresh prompts each; a batch still short after them trains on the groups
+            it has (on the original batch if none has a reward spread).
     """
 
     def __init__(
@@ -93,6 +110,8 @@ class RolloutCallback(Callback):
         val_num_generations: int = 16,
         val_temperature: float = 1.0,
         val_top_p: float = 1.0,
+        dynamic_sampling: bool = False,
+        max_resample_rounds: int = 3,
     ) -> None:
         super().__init__()
         if num_generations < 1 or val_num_generations < 1:
@@ -103,6 +122,8 @@ class RolloutCallback(Callback):
             raise ConfigError("rollout.top_p must be in (0, 1]")
         if max_new_tokens < 1:
             raise ConfigError("rollout.max_new_tokens must be >= 1")
+        if max_resample_rounds < 0:
+            raise ConfigError(f"rollout.max_resample_rounds={max_resample_rounds}: must be >= 0")
         if not rewards:
             raise ConfigError("rollout.rewards is empty: list at least one reward, e.g. "
                               "[{class_path: CountdownReward}, {class_path: FormatReward, init_args: {weight: 0.1}}]")
@@ -117,12 +138,20 @@ class RolloutCallback(Callback):
         self.val_sampling = SamplingParams(val_num_generations, val_temperature, val_top_p, top_k, max_new_tokens,
                                            list(stop or []))
         self.max_prompt_tokens = max_prompt_tokens
+        self.dynamic_sampling = dynamic_sampling
+        self.max_resample_rounds = max_resample_rounds
         self._bound_to: LightningModule | None = None
         self.prompts_truncated = 0
 
     # ------------------------------------------------------------------ hooks
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        batch.rollout = self.rollout(pl_module, batch, self.train_sampling, log_prefix="train")
+        rollout = self.rollout(pl_module, batch, self.train_sampling, log_prefix="train")
+        if self.dynamic_sampling:
+            start = time.perf_counter()
+            rollout, stats = self.refill(pl_module, rollout, _training_records(trainer), trainer.global_step)
+            stats["timing/resample"] = time.perf_counter() - start
+            pl_module.log_dict(stats, on_step=True, on_epoch=False, batch_size=len(batch))
+        batch.rollout = rollout
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -139,6 +168,39 @@ class RolloutCallback(Callback):
         batch.rollout = self.rollout(pl_module, batch, self.val_sampling, log_prefix=None)
 
     # ------------------------------------------------------------------ work
+    def refill(self, pl_module: LightningModule, rollout: RolloutBatch, records: list[PromptRecord], step: int
+               ) -> tuple[RolloutBatch, dict[str, float]]:
+        """DAPO dynamic sampling: keep the groups of ``rollout`` whose rewards differ, then fill the batch
+        back to its number of groups from fresh training ``records``, drawn without replacement in an
+        order seeded by ``(torch.initial_seed(), step, round)`` (reproducible, also after a resume).
+        Returns the batch and what happened (``rollout/dynamic_*``)."""
+        wanted = rollout.num_groups
+        keep = F.group_has_spread(rollout.rewards, rollout.group_ids)  # [N]
+        parts = [rollout.select(keep)] if keep.any() else []
+        have = parts[0].num_groups if parts else 0
+        dropped, rounds = wanted - have, 0
+        tried = {r.prompt for r in rollout.records}  # never draw a prompt already in this step
+        while have < wanted and rounds < self.max_resample_rounds:
+            rounds += 1
+            seed = ((torch.initial_seed() * 1_000_003 + step) * 1_009 + rounds) % 2**63
+            order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+            fresh = [records[i] for i in order if records[i].prompt not in tried][:wanted]
+            if not fresh:
+                break
+            tried.update(r.prompt for r in fresh)
+            extra = self.rollout(pl_module, PromptBatch(fresh), self.train_sampling, log_prefix=None)
+            with_signal = torch.unique(extra.group_ids[F.group_has_spread(extra.rewards, extra.group_ids)])
+            dropped += len(fresh) - int(with_signal.numel())
+            labels = with_signal[: wanted - have]  # the first groups with signal, in prompt order
+            if labels.numel():
+                parts.append(extra.select(torch.isin(extra.group_ids, labels)))
+                have += int(labels.numel())
+        stats = {"rollout/dynamic_dropped_groups": float(dropped), "rollout/dynamic_rounds": float(rounds),
+                 "rollout/dynamic_short": float(have < wanted), "rollout/dynamic_kept_groups": float(have)}
+        if not parts:  # nothing with signal anywhere: train on the original batch (its policy gradient is 0)
+            return rollout, stats
+        return RolloutBatch.concat(parts, pad_id=pl_module.tokenizer.pad_token_id), stats
+
     def _engine(self, pl_module: LightningModule) -> RolloutEngine:
         if self._bound_to is not pl_module:
             self.engine.bind(pl_module)  # type: ignore[arg-type]
