@@ -214,7 +214,7 @@ class RolloutCallback(Callback):
         completion must fit together), or ``rollout.max_prompt_tokens`` if that is smaller.
         """
         budget = self.train_sampling.max_new_tokens
-        context = getattr(getattr(module.policy, "config", None), "max_position_embeddings", None)
+        context = getattr(getattr(getattr(module, "policy", None), "config", None), "max_position_embeddings", None)
         limit, why = self.max_prompt_tokens, "rollout.max_prompt_tokens"
         if isinstance(context, int) and context > 0:
             if context - budget < 1:
