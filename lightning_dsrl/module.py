@@ -10,6 +10,13 @@ One training step is one rollout batch (filled into the batch by the rollout cal
     3. ``ppo_epochs x minibatches`` optimizer steps, each accumulating gradients over
        micro-batches of ``micro_batch_size`` completions, then clipping and stepping.
 
+A step is skipped (no parameter and no optimizer state changes, but counted by Lightning so
+``trainer.max_steps`` still ends the run) when its loss or gradient is not finite on any rank
+(``train/skipped_steps``; the run stops after ``max_nonfinite_steps`` in a row) or when its
+gradient is exactly zero, i.e. the objective found no signal in the batch
+(``train/zero_signal_steps``): every advantage it produced was 0 and no other term (KL, entropy)
+pulls. AdamW would otherwise still move the weights on momentum and weight decay.
+
 Log-probs are taken from logits of completion positions only (``logits_to_keep``), one
 micro-batch at a time, so no ``[N, L, V]`` tensor for the whole batch ever exists, and never
 logits at prompt positions. Log-probs use the sampling temperature (``logits / T``), so they
@@ -32,7 +39,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from lightning_dsrl import functional as F
-from lightning_dsrl.errors import ConfigError
+from lightning_dsrl.errors import ConfigError, TrainingError
 from lightning_dsrl.logprobs import completion_logits
 from lightning_dsrl.metrics import EvalReport, RolloutMetrics, zero_signal_fraction
 from lightning_dsrl.metrics.plot import figure_to_array
@@ -107,6 +114,8 @@ class RLModule(LightningModule):
         super().__init__()
         if ppo_epochs < 1 or minibatches < 1 or micro_batch_size < 1:
             raise ConfigError("model.ppo_epochs, model.minibatches and model.micro_batch_size must be >= 1")
+        if max_nonfinite_steps < 1:
+            raise ConfigError(f"model.max_nonfinite_steps={max_nonfinite_steps} must be >= 1")
         if learning_rate <= 0:
             raise ConfigError(f"model.learning_rate={learning_rate} must be > 0")
         if lr_schedule not in ("constant", "linear", "cosine"):
@@ -140,6 +149,7 @@ class RLModule(LightningModule):
         self._val_rows: list[dict[str, Any]] = []
         self._nonfinite_in_a_row = 0
         self._skipped_steps = 0
+        self._zero_signal_steps = 0
         self._rollouts_seen = 0
         self._shuffle = torch.Generator().manual_seed(0)
 
@@ -209,6 +219,8 @@ class RLModule(LightningModule):
         of a group runs once (see :mod:`lightning_dsrl.logprobs`). Padded positions are zero.
         """
         logits = completion_logits(model, batch, self.share_prompt_prefix)  # [n, L, V], one micro-batch only
+        # float32 before the temperature: dividing bf16 logits rounds them to 8 bits of mantissa
+        logits = logits.float()
         if batch.temperature != 1.0:
             logits = logits / batch.temperature
         mask = batch.completion_mask
@@ -281,10 +293,12 @@ class RLModule(LightningModule):
                     if micro.logp_old is None:
                         micro.logp_old = logp.detach()  # rho == 1 in value, the gradient of logp remains
                     out = self.objective(micro, logp, entropy)
+                    # backward even on a non-finite loss: under DDP every rank must run the same
+                    # collectives; the step is dropped below
+                    self.manual_backward(out.loss)
                     if not torch.isfinite(out.loss):
                         finite = False
                         continue
-                    self.manual_backward(out.loss)
                     weight = float(micro.num_samples)
                     for name, value in out.metrics.items():
                         sums[name] += float(value) * weight
@@ -292,13 +306,16 @@ class RLModule(LightningModule):
                     if epoch == 0:  # the policy's entropy on its samples, each sample counted once
                         self.train_metrics.entropy.update(entropy.detach(), micro.completion_mask, micro.correct)
                 grad_norm = self._clip_gradients()
-                sums["grad_norm"] += grad_norm
-                weights["grad_norm"] += 1
-                if finite and math.isfinite(grad_norm):
-                    optimizer.step()
-                    self._nonfinite_in_a_row = 0
+                if not self._on_all_ranks(finite and math.isfinite(grad_norm)):
+                    self._skip_step(optimizer, nonfinite=True)
                 else:
-                    self._skip_step()
+                    sums["grad_norm"] += grad_norm
+                    weights["grad_norm"] += 1
+                    self._nonfinite_in_a_row = 0
+                    if grad_norm == 0.0:
+                        self._skip_step(optimizer, nonfinite=False)
+                    else:
+                        optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
         return {name: sums[name] / weights[name] for name in sums if weights[name] > 0}
@@ -310,11 +327,22 @@ class RLModule(LightningModule):
         max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
-    def _skip_step(self) -> None:
+    def _on_all_ranks(self, ok: bool) -> bool:
+        """``ok`` and-reduced over ranks, so that every rank steps or skips together."""
+        return ok if self._trainer is None else bool(self.trainer.strategy.reduce_boolean_decision(ok, all=True))
+
+    def _skip_step(self, optimizer, nonfinite: bool) -> None:
+        """Drop this step's gradients and step with none: AdamW leaves a parameter without a gradient
+        (and its state) alone, while Lightning counts the step, so ``trainer.max_steps`` still ends the run."""
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+        if not nonfinite:
+            self._zero_signal_steps += 1
+            return
         self._skipped_steps += 1
         self._nonfinite_in_a_row += 1
         if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
-            raise RuntimeError(
+            raise TrainingError(
                 f"{self._nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or gradient; "
                 "stopping. Lower model.learning_rate, check the reward scale, or use float32 "
                 f"(model.max_nonfinite_steps={self.max_nonfinite_steps})"
@@ -337,6 +365,7 @@ class RLModule(LightningModule):
             "train/truncated_fraction": float(rollout.truncated.float().mean()),
             "train/lr": float(self.optimizers().param_groups[0]["lr"]),
             "train/skipped_steps": float(self._skipped_steps),
+            "train/zero_signal_steps": float(self._zero_signal_steps),
         }
         values.update({f"passk/pass@{k}": v for k, v in zip(report.passk["k"], report.passk["value"])})
         for name, value in report.values.items():  # undefined ones (None) are left out of this step

@@ -80,7 +80,11 @@ class RolloutCallback(Callback):
         top_k: top-k sampling (0: off).
         max_new_tokens: generation budget per completion.
         stop: strings that end a completion (kept in the text), e.g. ``["</answer>"]``.
-        max_prompt_tokens: prompts longer than this keep only their last tokens (counted, warned).
+        max_prompt_tokens: prompts longer than this keep only their last tokens (counted, warned). Prompts
+            are also cut to fit the model's context, ``max_position_embeddings - max_new_tokens``, when the
+            model declares it.
+        reward_timeout_s: time budget of one reward call in seconds; a call that runs past it scores 0
+            and is counted in ``reward/timeouts`` (``null``: no limit).
         val_num_generations: samples per prompt in validation (pass@k is reported up to this k).
         val_temperature: sampling temperature in validation.
         val_top_p: nucleus threshold in validation.
@@ -105,6 +109,7 @@ class RolloutCallback(Callback):
         max_new_tokens: int = 64,
         stop: list[str] | None = None,
         max_prompt_tokens: int | None = None,
+        reward_timeout_s: float | None = 10.0,
         val_num_generations: int = 16,
         val_temperature: float = 1.0,
         val_top_p: float = 1.0,
@@ -126,8 +131,12 @@ class RolloutCallback(Callback):
         if not rewards:
             raise ConfigError("rollout.rewards is empty: list at least one reward, e.g. "
                               "[{class_path: CountdownReward}, {class_path: FormatReward, init_args: {weight: 0.1}}]")
+        if reward_timeout_s is not None and not reward_timeout_s > 0:
+            raise ConfigError(f"rollout.reward_timeout_s={reward_timeout_s}: give seconds > 0, or null for no limit")
+        if max_prompt_tokens is not None and max_prompt_tokens < 1:
+            raise ConfigError(f"rollout.max_prompt_tokens={max_prompt_tokens}: give a number >= 1, or null")
         self.engine = engine if engine is not None else HFEngine()
-        self.reward = CompositeReward(rewards)
+        self.reward = CompositeReward(rewards, timeout_s=reward_timeout_s)
         self.num_generations = num_generations
         self.train_sampling = SamplingParams(num_generations, temperature, top_p, top_k, max_new_tokens, list(stop or []))
         self.val_sampling = SamplingParams(val_num_generations, val_temperature, val_top_p, top_k, max_new_tokens,
@@ -206,9 +215,27 @@ class RolloutCallback(Callback):
             self._bound_to = pl_module
         return self.engine
 
+    def _prompt_limit(self, module: RLModule) -> tuple[int | None, str]:
+        """The most prompt tokens a rollout may use, and which setting sets it.
+
+        ``max_position_embeddings - max_new_tokens`` when the model declares its context (prompt and
+        completion must fit together), or ``rollout.max_prompt_tokens`` if that is smaller.
+        """
+        budget = self.train_sampling.max_new_tokens
+        context = getattr(getattr(getattr(module, "policy", None), "config", None), "max_position_embeddings", None)
+        limit, why = self.max_prompt_tokens, "rollout.max_prompt_tokens"
+        if isinstance(context, int) and context > 0:
+            if context - budget < 1:
+                raise ConfigError(f"rollout.max_new_tokens={budget} leaves no room for the prompt in the model's "
+                                  f"context of {context} tokens (max_position_embeddings); lower it below {context}")
+            if limit is None or context - budget < limit:
+                limit, why = context - budget, f"model context {context} - rollout.max_new_tokens {budget}"
+        return limit, why
+
     def encode_prompts(self, module: RLModule, records: list[PromptRecord]) -> list[list[int]]:
         """Token ids of each prompt (through the chat template where the record asks for it)."""
         tokenizer = module.tokenizer
+        limit, why = self._prompt_limit(module)
         out = []
         for record in records:
             if record.chat:
@@ -221,12 +248,12 @@ class RolloutCallback(Callback):
                     ids = ids["input_ids"]
             else:
                 ids = tokenizer(record.prompt, add_special_tokens=True)["input_ids"]
-            if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
+            if limit is not None and len(ids) > limit:
                 self.prompts_truncated += 1
                 if self.prompts_truncated == 1:
-                    log.warning("a prompt of %d tokens was cut to its last %d (rollout.max_prompt_tokens); "
-                                "counted in rollout/prompts_truncated", len(ids), self.max_prompt_tokens)
-                ids = ids[-self.max_prompt_tokens :]
+                    log.warning("a prompt of %d tokens was cut to its last %d (%s); counted in "
+                                "rollout/prompts_truncated", len(ids), limit, why)
+                ids = ids[-limit:]
             out.append(list(ids))
         return out
 
@@ -283,6 +310,7 @@ class RolloutCallback(Callback):
             module.log("timing/generate", t_generate, **log_kw)
             module.log("timing/score", t_score, **log_kw)
             module.log("reward/errors", float(scored.errors), **log_kw)
+            module.log("reward/timeouts", float(scored.timeouts), **log_kw)
             module.log("rollout/prompts_truncated", float(self.prompts_truncated), **log_kw)
             tokens = float(c_mask.sum())
             module.log("timing/generated_tokens_per_s", tokens / max(t_generate, 1e-9), **log_kw)
