@@ -6,7 +6,7 @@ configs can name them by class name alone (``class_path: DSGRPO``).
 
 from lightning_dsrl.data import AdditionTask, CountdownTask, MathTask, PromptDataModule, Task
 from lightning_dsrl.module import RLModule
-from lightning_dsrl.objectives import DSGRPO, GRPO, Objective
+from lightning_dsrl.objectives import DSGRPO, GRPO, EntropyGRPO, Objective, PassAtKTraining, R1ZeroDiv
 from lightning_dsrl.rewards import (
     CountdownReward,
     FormatReward,
@@ -24,6 +24,7 @@ __all__ = [
     "CountdownReward",
     "CountdownTask",
     "DSGRPO",
+    "EntropyGRPO",
     "FormatReward",
     "GRPO",
     "HFEngine",
@@ -32,9 +33,11 @@ __all__ = [
     "MathTask",
     "NumericAnswerReward",
     "Objective",
+    "PassAtKTraining",
     "PromptBatch",
     "PromptDataModule",
     "PromptRecord",
+    "R1ZeroDiv",
     "RLModule",
     "RewardModule",
     "RewardResult",
