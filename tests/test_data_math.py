@@ -108,8 +108,10 @@ def test_construction_reads_nothing_and_missing_files_fail_at_setup(tmp_path, ca
     task = MathTask(str(tmp_path / "absent.jsonl"), cache_dir=cache)  # no error yet: nothing is read here
     with pytest.raises(ConfigError, match="data.task.dataset=.*no such file"):
         task.records("train")
-    with pytest.raises(ConfigError, match="local file has one split"):
+    with pytest.raises(ConfigError, match="local file with one split, 'train' \\(not 'test'\\)"):
         MathTask(str(SAMPLE), split="test", cache_dir=cache).records("train")
+    with pytest.raises(ConfigError, match="local file with one split"):
+        MathTask(str(SAMPLE), val_split="test", cache_dir=cache).records("train")
 
 
 def test_hub_dataset_when_offline_is_one_clear_message(cache, monkeypatch):

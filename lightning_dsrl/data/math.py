@@ -131,9 +131,10 @@ class MathTask(Task):
                                   f"working directory, {Path.cwd()})")
             if path.is_dir():
                 return self._call(datasets.load_dataset, option, source, str(path), split=split)
-            if split != "train" and option == "dataset":
-                raise ConfigError(f"data.task.split={split!r}: a local file has one split, 'train'; point "
-                                  "data.task.val_split at a second file for validation")
+            if split != "train":
+                raise ConfigError(f"data.task: {source!r} is a local file with one split, 'train' (not {split!r}); "
+                                  "for validation point data.task.val_split at a second file, or leave it null "
+                                  "to hold out data.task.num_val rows")
             builder = LOCAL_FORMATS[path.suffix.lower()]
             return self._call(datasets.load_dataset, option, source, builder, data_files=str(path), split="train")
         return self._call(datasets.load_dataset, option, source, source, self.subset, split=split)
@@ -176,8 +177,10 @@ class MathTask(Task):
                 val_rows = [r for i, r in enumerate(train_rows) if i in held_out]
                 train_rows = [r for i, r in enumerate(train_rows) if i not in held_out]
             else:
-                source = self.val_split if _is_local(self.val_split) else self.dataset
-                val = self._load(source, "train" if source != self.dataset else self.val_split, "val_split")
+                if _is_local(self.val_split):  # a second file
+                    source, val = self.val_split, self._load(self.val_split, "train", "val_split")
+                else:  # another split of the same dataset
+                    source, val = self.dataset, self._load(self.dataset, self.val_split, "dataset")
                 self._check_columns(val, source)
                 val_rows = self._select(val)
             if self.num_train is not None:
