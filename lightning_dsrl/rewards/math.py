@@ -233,5 +233,11 @@ class MathReward(RewardModule):
         pred = final_answer(completion)
         if pred is None or len(pred) > self.max_answer_chars:
             return RewardResult(0.0, correct=False, answer=None)
+        # plain numbers compare exactly here: no worker round trip, and "1,000" stays one number
+        # (math-verify reads "+1,000.0" as the set {1, 0.0})
+        value, gold = parse_number(pred), parse_number(str(record.answer))
+        if value is not None and gold is not None:
+            correct = value == gold
+            return RewardResult(1.0 if correct else 0.0, correct=correct, answer=str(value))
         correct, answer = self.verifier.check(str(record.answer), pred)
         return RewardResult(1.0 if correct else 0.0, correct=correct, answer=answer)
