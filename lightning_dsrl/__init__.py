@@ -4,10 +4,16 @@ Importing the package registers the built-in objectives, rewards, tasks and engi
 configs can name them by class name alone (``class_path: DSGRPO``).
 """
 
-from lightning_dsrl.data import AdditionTask, CountdownTask, PromptDataModule, Task
+from lightning_dsrl.data import AdditionTask, CountdownTask, MathTask, PromptDataModule, Task
 from lightning_dsrl.module import RLModule
 from lightning_dsrl.objectives import DSGRPO, GRPO, EntropyGRPO, Objective, PassAtKTraining, R1ZeroDiv
-from lightning_dsrl.rewards import CountdownReward, FormatReward, NumericAnswerReward, RewardModule
+from lightning_dsrl.rewards import (
+    CountdownReward,
+    FormatReward,
+    MathReward,
+    NumericAnswerReward,
+    RewardModule,
+)
 from lightning_dsrl.rollout import HFEngine, RolloutCallback, RolloutEngine
 from lightning_dsrl.types import LossOutput, PromptBatch, PromptRecord, RewardResult, RolloutBatch
 
@@ -23,6 +29,8 @@ __all__ = [
     "GRPO",
     "HFEngine",
     "LossOutput",
+    "MathReward",
+    "MathTask",
     "NumericAnswerReward",
     "Objective",
     "PassAtKTraining",

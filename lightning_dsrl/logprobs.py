@@ -56,6 +56,8 @@ def _shared_prefix(model, batch: RolloutBatch, length: int, first: Tensor, inver
 
 def _checkpointing(model) -> bool:
     """Whether activation (gradient) checkpointing is on; transformers renamed the attribute in v5."""
+    if hasattr(model, "get_base_model"):  # a peft (LoRA) wrapper: ask the transformers model inside
+        model = model.get_base_model()
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
         if hasattr(type(model), name):
             return bool(getattr(model, name))

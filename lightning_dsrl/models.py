@@ -13,6 +13,11 @@ purely quantized models"), and a second ``from_pretrained`` of a saved folder wo
 quantizer and saves a plain float32 copy (model + tokenizer) into a cache directory
 (``$LIGHTNING_DSRL_CACHE``, default ``~/.cache/lightning_dsrl``); every later load, the
 reference model included, reads that copy like any local model.
+
+LoRA (``LoraSpec``, via peft): :func:`apply_lora` wraps the policy so that only the adapter
+weights train; the reference model is then the same network with its adapters disabled (no
+second copy in memory), and checkpoints hold only the adapters. :func:`export_merged` turns such
+a run checkpoint back into one full model folder (``scripts/export_merged.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import hashlib
 import importlib.resources
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +36,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from lightning_dsrl.errors import ConfigError
 
-__all__ = ["ModelSpec", "DEFAULT_MODEL", "resolve_model_path", "load_tokenizer", "load_model", "cache_root"]
+__all__ = ["ModelSpec", "LoraSpec", "DEFAULT_MODEL", "resolve_model_path", "load_tokenizer", "load_model",
+           "apply_lora", "export_merged", "cache_root"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,34 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.torch_dtype not in DTYPES:
             raise ConfigError(f"model.torch_dtype={self.torch_dtype!r} is not supported; use one of {sorted(DTYPES)}")
+
+
+@dataclass
+class LoraSpec:
+    """LoRA adapters on the policy (the ``model.lora`` option); ``None`` there means full fine-tuning."""
+
+    r: int = 16
+    """rank of each adapter"""
+    alpha: float = 32.0
+    """scale: the update is ``alpha / r * B @ A``"""
+    dropout: float = 0.0
+    """dropout on the adapter input"""
+    target_modules: list[str] | str = "all-linear"
+    """module names to adapt (``[q_proj, v_proj]``, matched as name suffixes), ``all-linear``
+    (every linear layer but the output head), or one regular expression over full module names"""
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.lora: need r >= 1, alpha > 0 and 0 <= dropout < 1, got r={self.r}, "
+                              f"alpha={self.alpha}, dropout={self.dropout}")
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
+            try:
+                re.compile(self.target_modules)
+            except re.error as err:
+                raise ConfigError(f"model.lora.target_modules={self.target_modules!r} is not a valid regular "
+                                  f"expression ({err}); give a list of module names instead") from None
+        elif not isinstance(self.target_modules, str) and not self.target_modules:
+            raise ConfigError("model.lora.target_modules is empty; list module names or use 'all-linear'")
 
 
 def cache_root() -> Path:
@@ -170,3 +205,72 @@ def load_model(spec: ModelSpec) -> PreTrainedModel:
         model.config.use_cache = False
     model.train()
     return model
+
+
+# ---------------------------------------------------------------------------- LoRA
+def _adaptable_layers(model: torch.nn.Module) -> dict[str, str]:
+    """Full name -> class name of every layer LoRA can adapt (linear, embedding, GPT-2's Conv1D)."""
+    from transformers.pytorch_utils import Conv1D
+
+    kinds = (torch.nn.Linear, torch.nn.Embedding, Conv1D)
+    return {name: type(m).__name__ for name, m in model.named_modules() if isinstance(m, kinds)}
+
+
+def _check_targets(model: PreTrainedModel, spec: LoraSpec) -> None:
+    """Every requested target must match a layer; the error lists the layer names that exist."""
+    layers = _adaptable_layers(model)
+    names = sorted({name.rsplit(".", 1)[-1] for name in layers})
+    if spec.target_modules == "all-linear":
+        if not any(kind != "Embedding" for kind in layers.values()):
+            raise ConfigError("model.lora.target_modules='all-linear': the model has no linear layer to adapt")
+        return
+    if isinstance(spec.target_modules, str):
+        missing = [] if any(re.fullmatch(spec.target_modules, n) for n in layers) else [spec.target_modules]
+    else:
+        missing = [t for t in spec.target_modules if not any(n == t or n.endswith("." + t) for n in layers)]
+    if missing:
+        raise ConfigError(f"model.lora.target_modules: {missing} match no layer of the model; its adaptable layers "
+                          f"are named {names} (or use 'all-linear')")
+
+
+def apply_lora(model: PreTrainedModel, spec: LoraSpec):
+    """Wrap ``model`` in peft LoRA adapters; only the adapter weights keep ``requires_grad``."""
+    from peft import LoraConfig, get_peft_model
+
+    _check_targets(model, spec)
+    targets = spec.target_modules if isinstance(spec.target_modules, str) else list(spec.target_modules)
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
+                        bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def export_merged(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write the policy of a run checkpoint as one full model folder (``save_pretrained`` + tokenizer).
+
+    A LoRA checkpoint holds only adapters: the base model is rebuilt from the checkpoint's
+    ``model_spec`` (the same ``name_or_path`` / ``gguf_file`` as the run), the adapters are
+    loaded and merged into its weights. A full fine-tuning checkpoint is loaded as is.
+    """
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    if "model_spec" not in checkpoint:
+        raise ConfigError(f"{checkpoint_path}: not a lightning_dsrl run checkpoint (no 'model_spec'); give "
+                          "runs/<name>/version_<n>/checkpoints/<file>.ckpt")
+    spec = ModelSpec(**checkpoint["model_spec"])
+    tokenizer = load_tokenizer(spec)
+    model = load_model(spec)
+    lora = checkpoint.get("lora")
+    if lora is not None:
+        model = apply_lora(model, LoraSpec(**lora))
+    policy = {k[len("policy."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}
+    missing, unexpected = model.load_state_dict(policy, strict=False)
+    loaded = set(policy) - set(unexpected)
+    if unexpected or not loaded:
+        raise ConfigError(f"{checkpoint_path}: its weights do not fit {spec.name_or_path!r} "
+                          f"({len(unexpected)} unexpected keys, e.g. {sorted(unexpected)[:3]})")
+    if lora is not None:
+        model = model.merge_and_unload()
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+

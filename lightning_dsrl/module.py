@@ -26,6 +26,7 @@ describe the distribution the completions were drawn from.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections import defaultdict
@@ -44,7 +45,7 @@ from lightning_dsrl.logprobs import completion_logits
 from lightning_dsrl.metrics import EvalReport, RolloutMetrics, zero_signal_fraction
 from lightning_dsrl.metrics.plot import figure_to_array
 from lightning_dsrl.metrics.report import format_table, sample_rows, write_eval
-from lightning_dsrl.models import DEFAULT_MODEL, ModelSpec, load_model, load_tokenizer
+from lightning_dsrl.models import DEFAULT_MODEL, LoraSpec, ModelSpec, apply_lora, load_model, load_tokenizer
 from lightning_dsrl.objectives import GRPO, Objective
 from lightning_dsrl.types import PromptBatch, RolloutBatch
 
@@ -61,6 +62,9 @@ class RLModule(LightningModule):
         attn_implementation: transformers attention backend (``sdpa``, ``eager``, ``flash_attention_2``).
         gradient_checkpointing: recompute activations in backward to save memory.
         trust_remote_code: allow model code from the hub (off unless you trust the repository).
+        lora: train LoRA adapters (``{r, alpha, dropout, target_modules}``) instead of every weight;
+            the reference model is then the policy with adapters disabled, and checkpoints hold
+            only the adapters (``None``: full fine-tuning).
         objective: the loss (``GRPO``, ``DSGRPO``, ...), with its options (default: ``GRPO()``).
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
@@ -94,6 +98,7 @@ class RLModule(LightningModule):
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
+        lora: LoraSpec | None = None,
         objective: Objective | None = None,
         learning_rate: float = 1e-6,
         weight_decay: float = 0.0,
@@ -125,6 +130,7 @@ class RLModule(LightningModule):
                               f"{val_confidence} in (0, 1), e.g. 1000 and 0.95")
         self.spec = ModelSpec(name_or_path, gguf_file, torch_dtype, attn_implementation,
                               gradient_checkpointing, trust_remote_code)
+        self.lora = lora
         self.objective = objective if objective is not None else GRPO()
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
@@ -159,7 +165,9 @@ class RLModule(LightningModule):
             return
         self.tokenizer = load_tokenizer(self.spec)
         self.policy = load_model(self.spec)
-        if self.objective.needs_reference:
+        if self.lora is not None:
+            self.policy = apply_lora(self.policy, self.lora)  # the reference: the same model, adapters off
+        elif self.objective.needs_reference:
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
 
     def setup(self, stage: str) -> None:
@@ -177,7 +185,7 @@ class RLModule(LightningModule):
         self._require_reference()  # the models exist now: fail before the first rollout, not in it
 
     def _require_reference(self) -> None:
-        if self.objective.needs_reference and self.reference is None:
+        if self.objective.needs_reference and self.reference is None and self.lora is None:
             raise ConfigError(f"model.objective: {type(self.objective).__name__} needs the reference model but none "
                               "was loaded; build the module with this objective (configure_model loads the reference "
                               "when objective.needs_reference is true) or set beta: 0 / smoothing_model: old")
@@ -187,6 +195,22 @@ class RLModule(LightningModule):
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("reference.")]:
             del state[key]
+        if self.lora is not None:  # the base weights are rebuilt from name_or_path too: keep the adapters only
+            trainable = {f"policy.{n}" for n, p in self.policy.named_parameters() if p.requires_grad}
+            for key in [k for k in state if k.startswith("policy.") and k not in trainable]:
+                del state[key]
+        # what scripts/export_merged.py needs to rebuild the model (plain types only)
+        checkpoint["model_spec"] = dataclasses.asdict(self.spec)
+        checkpoint["lora"] = dataclasses.asdict(self.lora) if self.lora is not None else None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # loading is not strict (the reference, and with LoRA the base weights, are absent), so a
+        # LoRA checkpoint into a full model or the reverse would load nothing: refuse it instead
+        if "model_spec" in checkpoint and (checkpoint.get("lora") is None) != (self.lora is None):
+            trained = "with" if checkpoint.get("lora") is not None else "without"
+            raise ConfigError(f"the checkpoint was trained {trained} LoRA but model.lora is "
+                              f"{'set' if self.lora is not None else 'null'}; use the run's own config "
+                              "(its config.yaml) with --ckpt_path")
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -242,6 +266,20 @@ class RLModule(LightningModule):
             out[index.to(out.device), : logp.shape[1]] = logp
         return out
 
+    def reference_logprobs(self, rollout: RolloutBatch) -> Tensor:
+        """``[N, L]`` log-probs of the reference model: the frozen copy, or with LoRA the policy
+        itself with its adapters disabled (in eval mode, like the copy)."""
+        if self.lora is not None:
+            was_training = self.policy.training
+            self.policy.eval()
+            try:
+                with self.policy.disable_adapter():
+                    return self._fixed_logprobs(self.policy, rollout)
+            finally:
+                self.policy.train(was_training)
+        self._require_reference()
+        return self._fixed_logprobs(self.reference, rollout)
+
     def prepare_rollout(self, rollout: RolloutBatch) -> RolloutBatch:
         """Fill ``logp_old`` (when it cannot be reused), ``logp_ref`` and ``advantages``."""
         if self.ppo_epochs > 1 or self.minibatches > 1:
@@ -250,8 +288,7 @@ class RLModule(LightningModule):
             rollout.logp_old = self._fixed_logprobs(self.policy, rollout)
             self.policy.train(was_training)
         if self.objective.needs_reference:
-            self._require_reference()
-            rollout.logp_ref = self._fixed_logprobs(self.reference, rollout)
+            rollout.logp_ref = self.reference_logprobs(rollout)
         rollout.advantages = self.objective.group_advantages(rollout)
         return rollout
 

@@ -34,7 +34,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lightning_dsrl.rewards import CountdownReward, FormatReward, NumericAnswerReward
+from lightning_dsrl.rewards import CountdownReward, FormatReward, MathReward, NumericAnswerReward
 from lightning_dsrl.rewards.countdown import CLOSE, OPEN
 from lightning_dsrl.types import PromptRecord, RewardResult
 
@@ -210,12 +210,23 @@ def numeric_answers(draw):
     return record, f"{before}{OPEN}{draw(pad)}{stated}{draw(pad)}{CLOSE}"
 
 
+def _started(reward: MathReward) -> MathReward:
+    """The reward with its worker already running (its start is not a call under test)."""
+    assert reward.score(PromptRecord("p", answer="2"), "<answer>2</answer>").correct is True
+    return reward
+
+
 COUNTDOWN_RECORD = PromptRecord("p", meta={"numbers": [3, 7, 12], "target": 15})
 VERIFIERS = [
     Verifier("countdown", CountdownReward(), COUNTDOWN_RECORD, countdown_solutions()),
     Verifier("numeric", NumericAnswerReward(), PromptRecord("p", answer="15"), numeric_answers()),
     Verifier("format", FormatReward(), COUNTDOWN_RECORD),
-    # the math verifier (rewards/math.py) joins here once it is merged
+    # math-verify runs sympy in a worker process (rewards/math.py): an answer that takes longer than
+    # the timeout gets the worker killed and restarted, so process events are its own (re)start, and
+    # "open" the restarted worker's pipes (file objects over pipe descriptors); sympy itself, which
+    # evaluates text, runs only in the worker, outside this process's audit hook.
+    Verifier("math", _started(MathReward()), PromptRecord("p", answer="15"), numeric_answers(),
+             allowed_events=frozenset({"subprocess.Popen", "os.posix_spawn", "os.fork", "os.kill", "open"})),
 ]
 
 

@@ -3,6 +3,7 @@
 from lightning_dsrl.rewards.base import REWARDS, CompositeReward, RewardModule, ScoredBatch, get_reward_class
 from lightning_dsrl.rewards.countdown import CountdownReward
 from lightning_dsrl.rewards.format import FormatReward
+from lightning_dsrl.rewards.math import MathReward
 from lightning_dsrl.rewards.numeric import NumericAnswerReward
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "CompositeReward",
     "CountdownReward",
     "FormatReward",
+    "MathReward",
     "NumericAnswerReward",
     "RewardModule",
     "ScoredBatch",
