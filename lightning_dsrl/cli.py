@@ -61,6 +61,9 @@ def check_ckpt_path(ckpt_path: str | None) -> None:
 # The frozen reference model is in eval mode on purpose (no dropout); Lightning warns about it.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+# Checkpoints after the optimizer step are what a resume needs; Lightning's manual-optimisation advice
+# (save the pre-step weights by hand) does not apply and printed a 12-line example twice per run.
+warnings.filterwarnings("ignore", message=r".*Using ModelCheckpoint with manual optimization.*")
 
 
 class _NoAdverts(logging.Filter):
