@@ -8,8 +8,10 @@ testbed for the RL methods, not a general LLM: the story of the DS paper (RL sha
 onto the correct solutions it already prefers; DS-GRPO keeps the rare ones alive) needs a base
 model that solves some CountDown problems, in several ways, with uneven preferences. So:
 
-- the problems are those of ``CountdownTask`` with the settings of ``configs/ds_grpo.yaml``;
-  the model never sees its ``val`` split (held-out problems, the ones evaluated at the end);
+- the problems are those of ``CountdownTask`` with the settings of ``configs/ds_grpo.yaml``:
+  by default (``--pool space``) every problem of its number and target ranges with >= 2
+  solutions, which includes the RL run's 512 training problems, except its ``val`` split (the
+  200 held-out problems evaluated at the end and by ``validate``), which the model never sees;
 - each training example of a problem is one of its distinct solutions (normal form, see
   ``normalize_expression``), drawn with Zipf weights ``1 / rank**skew`` over the solutions in a
   seeded random order per problem: a diverse but uneven solution distribution;
@@ -61,12 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--min-target", type=int, default=1)
     g.add_argument("--max-target", type=int, default=100)
     g.add_argument("--min-solutions", type=int, default=2, help="the RL task's min_solutions")
-    g.add_argument("--num-train", type=int, default=1900, help="the RL task's num_train")
+    g.add_argument("--num-train", type=int, default=512, help="the RL task's num_train")
     g.add_argument("--num-val", type=int, default=200, help="the RL task's num_val (held out here)")
     g.add_argument("--task-seed", type=int, default=0, help="the RL task's seed")
-    g.add_argument("--pool", choices=["train", "all"], default="train",
-                   help="train: the RL task's train split only; all: every problem of the number/target ranges "
-                        "with >= 1 solution, minus the held-out val problems")
+    g.add_argument("--pool", choices=["train", "space", "all"], default="space",
+                   help="train: the RL task's train split only; space: every problem of the number/target ranges "
+                        "with >= --min-solutions solutions (the train split verbatim, plus those beyond "
+                        "num_train + num_val); all: likewise with >= 1 solution. Never the val split")
     g = p.add_argument_group("data")
     g.add_argument("--skew", type=float, default=1.0,
                    help="Zipf exponent of the solution distribution: weight 1/rank**skew (0: uniform)")
@@ -108,22 +111,23 @@ Problem = tuple[tuple[int, ...], int, tuple[str, ...]]  # (numbers, target, dist
 render_prompt = CountdownTask(template="compact", num_train=0, num_val=0).render  # the RL configs' prompt text
 
 
-def sft_problems(args: argparse.Namespace) -> tuple[list[Problem], list[Problem]]:
-    """The problems to train on and the held-out ones (the RL task's val split), disjoint."""
-    task = rl_task(args)
-    pool = task.problems()
-    train, val = pool[: args.num_train], pool[args.num_train :]
+def sft_problems(args: argparse.Namespace) -> tuple[list[Problem], list[Problem], list[Problem]]:
+    """The problems to train on, the RL task's train split and its val split (held out: never trained on)."""
+    pool = rl_task(args).problems()
+    rl_train, val = list(pool[: args.num_train]), list(pool[args.num_train :])
     if args.pool == "train":
-        return list(train), list(val)
-    held_out = {(tuple(sorted(n)), t) for n, t, _ in val}
+        return list(rl_train), rl_train, val
+    # the RL train problems as the RL run shows them, then the rest of the space in a seeded order
+    known = {(tuple(sorted(n)), t) for n, t, _ in rl_train + val}
+    least = args.min_solutions if args.pool == "space" else 1
     rng = random.Random(args.task_seed + 1)
-    out = []
+    sft = list(rl_train)
     span = range(args.min_number, args.max_number + 1)
     for numbers in itertools.combinations_with_replacement(span, args.num_numbers):
         for target, solutions in solve(numbers, args.min_target, args.max_target).items():
-            if (numbers, target) not in held_out:
-                out.append((tuple(rng.sample(numbers, len(numbers))), target, solutions))
-    return out, list(val)
+            if len(solutions) >= least and (numbers, target) not in known:
+                sft.append((tuple(rng.sample(numbers, len(numbers))), target, solutions))
+    return sft, rl_train, val
 
 
 def solution_weights(num: int, skew: float, rng: random.Random) -> list[float]:
@@ -280,6 +284,10 @@ def evaluate(model, tokenizer, problems: list[Problem], samples: int, seed: int 
 
 # ---------------------------------------------------------------------------- saving
 def model_card(args: argparse.Namespace, metrics: dict, num_params: int, size_mb: float, argv: list[str]) -> str:
+    pool = {"train": "the RL task's train split",
+            "space": f"every problem of these ranges with >= {args.min_solutions} solutions except the RL task's "
+                     f"{args.num_val} val problems",
+            "all": f"every problem of these ranges except the RL task's {args.num_val} val problems"}[args.pool]
     command = "python scripts/pretrain_countdown.py" + ("" if not argv else " " + " ".join(argv))
     ev = metrics.get("eval") or {}
     passk = " / ".join(f"{ev[k]:.1%}" for k in ev if k.startswith("pass@"))
@@ -295,7 +303,8 @@ def model_card(args: argparse.Namespace, metrics: dict, num_params: int, size_mb
         f"--threads {args.threads}, {metrics['train_seconds'] / 60:.1f} min wall-clock on a shared 2-core machine)",
         f"- Size: {num_params / 1e6:.2f}M parameters, {size_mb:.1f} MB (float32 safetensors); "
         f"hidden {args.hidden}, {args.layers} layers, {args.heads} heads, tied embeddings, 101-token character vocabulary",
-        f"- Data: {metrics['train_problems']} problems (`--pool {args.pool}`), each target drawn from the problem's "
+        f"- Data: {metrics['train_problems']} problems (`--pool {args.pool}`: {pool}), "
+        "each target drawn from the problem's "
         f"distinct solutions with Zipf weights 1/rank^{args.skew} in a seeded random order; "
         f"{args.steps} steps of batch {args.batch_size}",
         "- Prompt: `Numbers: 15 1 10\\nTarget: 25\\n`; completion: `<answer>1*15+10</answer></s>` (solutions in normal form)",
@@ -310,7 +319,7 @@ def model_card(args: argparse.Namespace, metrics: dict, num_params: int, size_mb
     tr = metrics.get("eval_train_problems")
     if tr:
         top = f"pass@{tr['samples_per_problem']}"
-        lines += [f"- On {tr['problems']} of its training problems (where RL starts): pass@1 {tr['pass@1']:.1%}, "
+        lines += [f"- On {tr['problems']} of the RL task's training problems (where RL starts): pass@1 {tr['pass@1']:.1%}, "
                   f"{top} {tr[top]:.1%}"]
     lines += ["", "Figures in `base_metrics.json`. Load with `AutoModelForCausalLM.from_pretrained` and "
               "`AutoTokenizer.from_pretrained` on this directory.", ""]
@@ -323,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tokenizer = build_char_tokenizer()
-    train_problems, val_problems = sft_problems(args)
+    train_problems, rl_train_problems, val_problems = sft_problems(args)
     model = build_model(args, tokenizer)
     num_params = sum(p.numel() for p in model.parameters())
     print(f"{len(train_problems)} training problems ({sum(len(s) for _, _, s in train_problems)} solutions), "
@@ -342,8 +351,8 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         metrics["eval"] = evaluate(model, tokenizer, val_problems[: args.eval_problems], args.eval_samples, args.seed)
         metrics["eval_seconds"] = round(time.perf_counter() - start, 1)
-        # the same figures on training problems: what the RL run starts from (memorised in part)
-        metrics["eval_train_problems"] = evaluate(model, tokenizer, train_problems[: args.eval_problems],
+        # the same figures on the RL task's training problems (seen here too): where the RL run starts
+        metrics["eval_train_problems"] = evaluate(model, tokenizer, rl_train_problems[: args.eval_problems],
                                                   args.eval_samples, args.seed)
         print("held-out problems:", json.dumps(metrics["eval"], indent=2))
         print("training problems:", json.dumps(metrics["eval_train_problems"]))

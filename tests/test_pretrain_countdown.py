@@ -19,24 +19,25 @@ def _script():
     return module
 
 
-SMALL_TASK = ["--max-number", "9", "--num-train", "150", "--num-val", "30"]  # 3 numbers in 1..9
+SMALL_TASK = ["--max-number", "9", "--num-train", "150", "--num-val", "30"]  # 3 numbers in 1..9: 400+ problems
 
 
-@pytest.mark.parametrize("pool", ["train", "all"])
+@pytest.mark.parametrize("pool", ["train", "space", "all"])
 def test_training_problems_exclude_the_held_out_split(pool):
     script = _script()
     args = script.parse_args(SMALL_TASK + ["--pool", pool])
-    train, val = script.sft_problems(args)
+    sft, rl_train, val = script.sft_problems(args)
     key = lambda p: (tuple(sorted(p[0])), p[1])  # noqa: E731  (numbers as a multiset, target)
-    assert len(val) == 30
-    assert not {key(p) for p in train} & {key(p) for p in val}
-    # "train" is exactly the RL task's train split; "all" adds single-solution problems around it
-    rl_train = script.rl_task(args).problems()[:150]
+    assert len(val) == 30 and len(rl_train) == 150
+    assert not {key(p) for p in sft} & {key(p) for p in val}
+    assert len({key(p) for p in sft}) == len(sft)  # no problem twice
+    # every pool holds the RL train split as the RL run shows it (same order of the numbers)
+    assert sft[:150] == rl_train == script.rl_task(args).problems()[:150]
     if pool == "train":
-        assert train == rl_train
-    else:
-        assert {key(p) for p in rl_train} < {key(p) for p in train}
-        assert any(len(p[2]) == 1 for p in train)
+        assert len(sft) == 150
+    else:  # the rest of the space: >= 2 solutions like the task ("space") or any ("all")
+        assert len(sft) > 150
+        assert any(len(p[2]) == 1 for p in sft) == (pool == "all")
 
 
 def test_doctests():
