@@ -6,7 +6,7 @@ configs can name them by class name alone (``class_path: DSGRPO``).
 
 from lightning_dsrl.data import AdditionTask, CountdownTask, PromptDataModule, Task
 from lightning_dsrl.module import RLModule
-from lightning_dsrl.objectives import DSGRPO, GRPO, Objective
+from lightning_dsrl.objectives import DSGRPO, GRPO, EntropyGRPO, Objective, PassAtKTraining, R1ZeroDiv
 from lightning_dsrl.rewards import CountdownReward, FormatReward, NumericAnswerReward, RewardModule
 from lightning_dsrl.rollout import HFEngine, RolloutCallback, RolloutEngine
 from lightning_dsrl.types import LossOutput, PromptBatch, PromptRecord, RewardResult, RolloutBatch
@@ -18,15 +18,18 @@ __all__ = [
     "CountdownReward",
     "CountdownTask",
     "DSGRPO",
+    "EntropyGRPO",
     "FormatReward",
     "GRPO",
     "HFEngine",
     "LossOutput",
     "NumericAnswerReward",
     "Objective",
+    "PassAtKTraining",
     "PromptBatch",
     "PromptDataModule",
     "PromptRecord",
+    "R1ZeroDiv",
     "RLModule",
     "RewardModule",
     "RewardResult",

@@ -27,6 +27,9 @@ __all__ = [
     "token_logprobs",
     "entropy_from_logits",
     "pass_at_k",
+    "sampled_entropy",
+    "passk_advantages",
+    "group_has_spread",
 ]
 
 AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
@@ -93,7 +96,9 @@ def group_advantages(
         std = (sq / (counts - 1).clamp(min=1)).sqrt()[index]
     else:
         std = rewards.std(correction=1) if rewards.numel() > 1 else rewards.new_zeros(())
-    return centred / (std + eps)
+    denom = std + eps
+    # a group with no spread (or of size 1) has centred == 0: give 0, never 0/0
+    return torch.where(denom > 0, centred / torch.where(denom > 0, denom, 1.0), torch.zeros_like(centred))
 
 
 def sequence_logprob(logp: Tensor, mask: Tensor, reduction: Literal["sum", "mean"] = "sum") -> Tensor:
@@ -239,7 +244,13 @@ def pass_at_k(n: int | Tensor, c: int | Tensor, k: int) -> float | Tensor:
 
     On Python ints the result is exact (integer binomials) and returned as a float. On tensors
     of ``n`` and ``c`` (one entry per problem) it returns one value per problem (not the mean),
-    computed in float64 through log-gamma, which stays accurate for n in the hundreds.
+    in float64 through Chen et al.'s product form,
+
+        C(n - c, k) / C(n, k) = prod_{i = n-c+1}^{n} (1 - k / i)
+                              = exp(T(n) - T(n - c)),   T(m) = sum_{i = k+1}^{m} log1p(-k / i),
+
+    with ``T`` a cumulative sum, so ``c = 0`` gives exactly 0, ``n - c < k`` exactly 1, and the
+    values stay accurate for n in the hundreds.
 
     >>> pass_at_k(4, 1, 2)
     0.5
@@ -247,22 +258,109 @@ def pass_at_k(n: int | Tensor, c: int | Tensor, k: int) -> float | Tensor:
     tensor([0.5000, 0.0000], dtype=torch.float64)
     """
     if isinstance(n, Tensor) or isinstance(c, Tensor):
-        n_t = torch.as_tensor(n, dtype=torch.float64)
-        c_t = torch.as_tensor(c, dtype=torch.float64, device=n_t.device)
+        n_t = torch.as_tensor(n, dtype=torch.long)
+        c_t = torch.as_tensor(c, dtype=torch.long, device=n_t.device)
         n_t, c_t = torch.broadcast_tensors(n_t, c_t)
         if bool((k > n_t).any()) or bool((c_t > n_t).any()) or bool((c_t < 0).any()) or k < 1:
             raise ValueError(f"pass@k needs 1 <= k <= n and 0 <= c <= n (k={k})")
         fail = n_t - c_t
-        # log C(fail, k) - log C(n, k), only meaningful where fail >= k
-        safe_fail = torch.where(fail >= k, fail, torch.full_like(fail, float(k)))
-        log_ratio = (
-            torch.lgamma(safe_fail + 1) - torch.lgamma(safe_fail - k + 1)
-            - torch.lgamma(n_t + 1) + torch.lgamma(n_t - k + 1)
-        )
-        return torch.where(fail >= k, -torch.expm1(log_ratio), torch.ones_like(n_t))
+        top = int(n_t.max()) if n_t.numel() else k
+        i = torch.arange(k + 1, top + 1, dtype=torch.float64, device=n_t.device)
+        cum = torch.cat([torch.zeros(k + 1, dtype=torch.float64, device=n_t.device),
+                         torch.cumsum(torch.log1p(-k / i), 0)])  # [top + 1], cum[m] = T(m), 0 for m <= k
+        log_ratio = cum[n_t] - cum[fail]  # meaningful only where fail >= k
+        return torch.where(fail >= k, 0.0 - torch.expm1(log_ratio), torch.ones_like(log_ratio))  # 0.0 - x: no -0.0
     n, c = int(n), int(c)
     if not (1 <= k <= n and 0 <= c <= n):
         raise ValueError(f"pass@k needs 1 <= k <= n and 0 <= c <= n, got n={n}, c={c}, k={k}")
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def sampled_entropy(logp: Tensor, logp_old: Tensor, mask: Tensor) -> Tensor:
+    """Per-sequence entropy estimate from the sampled tokens, R1-zero-Div's ``D_i`` (ALGORITHMS.md section 4).
+
+        H(pi(.|s)) = E_{a ~ pi_old}[ -(pi(a|s) / pi_old(a|s)) * log pi(a|s) ]
+        D_i        = (1/T_i) * sum_t [ -rho(i,t) * logp(i,t) ],     rho = exp(logp - logp_old)
+
+    Differentiable through ``logp`` (both in ``rho`` and in ``log pi``): at ``rho == 1`` the
+    per-token gradient of ``D_i`` is ``-(1 + logp) / T_i`` with respect to ``logp``, positive
+    for tokens with ``pi < 1/e``. ``logp_old`` is treated as a constant.
+
+    Args:
+        logp: ``[N, L]`` log-probs of the sampled tokens under the current policy.
+        logp_old: ``[N, L]`` log-probs under the policy that sampled them.
+        mask: ``[N, L]`` completion mask.
+    Returns:
+        ``[N]`` estimates (0 for an empty completion).
+
+    >>> half = torch.log(torch.tensor([[0.5, 0.5], [0.25, 1.0]]))
+    >>> sampled_entropy(half, half, torch.tensor([[1, 1], [1, 0]]))  # -log .5 = .6931, -log .25 = 1.3863
+    tensor([0.6931, 1.3863])
+    """
+    ratio = torch.exp(logp - logp_old.detach())  # [N, L]
+    return masked_mean(-ratio * logp, mask, dim=-1)
+
+
+def passk_advantages(correct: Tensor, group_ids: Tensor, k: int, eps: float = 1e-6) -> Tensor:
+    """Analytic Pass@k-training advantages (Chen et al. 2025, arXiv 2508.10751, eqs. 14-15).
+
+    For a group of ``N`` samples, ``N_neg`` of them incorrect, the reward of a random k-subset is
+    1 if it holds a correct sample; its mean and standard deviation over all k-subsets are
+
+        R     = 1 - C(N_neg, k) / C(N, k)                      (the unbiased pass@k of the group)
+        sigma = sqrt(R * (1 - R))
+
+    and a sample's advantage is the mean over the subsets holding it of ``(reward - R) / sigma``:
+
+        A_pos = (1 - R) / (sigma + eps)
+        A_neg = (1 - R - C(N_neg - 1, k - 1) / C(N - 1, k - 1)) / (sigma + eps)
+
+    A group with ``sigma == 0`` (all incorrect, or too few incorrect to fill a k-subset) gets 0.
+    The binomials are exact integers (``math.comb``), so ``sigma`` is exactly 0 there. With
+    ``k = 1`` this is GRPO's ``(c_i - mean) / std`` with the population std.
+
+    Args:
+        correct: ``[N]`` bool verdicts. group_ids: ``[N]`` integer group labels. k: 1 <= k <= every group's size.
+    Returns:
+        ``[N]`` float32 advantages.
+
+    N = 4, one correct, k = 2: R = 1 - C(3,2)/C(4,2) = 1/2, sigma = 1/2, A_pos = (1/2)/(1/2) = 1,
+    A_neg = (1/2 - C(2,1)/C(3,1)) / (1/2) = -1/3:
+
+    >>> passk_advantages(torch.tensor([True, False, False, False]), torch.zeros(4, dtype=torch.long), k=2)
+    tensor([ 1.0000, -0.3333, -0.3333, -0.3333])
+    """
+    index, counts = _group_index(group_ids)
+    num_correct = torch.zeros(counts.numel(), dtype=torch.long).index_add_(0, index.cpu(), correct.long().cpu())
+    a_pos = torch.zeros(counts.numel(), dtype=torch.float64)
+    a_neg = torch.zeros_like(a_pos)
+    for g, (n, c) in enumerate(zip(counts.tolist(), num_correct.tolist())):
+        if not 1 <= k <= n:
+            raise ValueError(f"pass@k advantages need 1 <= k <= group size, got k={k} for a group of {n}")
+        neg = n - c
+        fail = math.comb(neg, k) / math.comb(n, k)  # 1 - R, exact ratio of integers
+        sigma = math.sqrt((1.0 - fail) * fail)
+        if sigma == 0.0:
+            continue
+        a_pos[g] = fail / (sigma + eps)
+        a_neg[g] = (fail - math.comb(neg - 1, k - 1) / math.comb(n - 1, k - 1)) / (sigma + eps) if neg else 0.0
+    out = torch.where(correct.cpu().bool(), a_pos[index.cpu()], a_neg[index.cpu()])
+    return out.float().to(correct.device)
+
+
+def group_has_spread(rewards: Tensor, group_ids: Tensor) -> Tensor:
+    """``[N]`` bool: whether the sample's group has rewards that are not all equal.
+
+    A group whose rewards are all equal has ``A_i = 0`` under every GRPO scaling and carries no
+    policy-gradient signal; DAPO's dynamic sampling drops such groups.
+
+    >>> group_has_spread(torch.tensor([1., 0., 1., 1.]), torch.tensor([4, 4, 9, 9]))
+    tensor([ True,  True, False, False])
+    """
+    index, counts = _group_index(group_ids)
+    rewards = rewards.float()
+    high = torch.full((counts.numel(),), -math.inf, device=rewards.device).scatter_reduce(0, index, rewards, "amax")
+    low = torch.full((counts.numel(),), math.inf, device=rewards.device).scatter_reduce(0, index, rewards, "amin")
+    return (high > low)[index]

@@ -113,8 +113,16 @@ def _detach_quantizer(model: PreTrainedModel) -> None:
         del model.config.quantization_config
 
 
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or os.sep in name.strip("/").replace("/", "", 1)
+
+
 def _local_path(spec: ModelSpec) -> str:
     path = resolve_model_path(spec.name_or_path)
+    if not os.path.exists(path) and _looks_like_path(spec.name_or_path):
+        raise ConfigError(f"model.name_or_path={spec.name_or_path!r}: no such directory. Give a directory with "
+                          "config.json and weights (the output of save_pretrained), or a hub id such as "
+                          "'Qwen/Qwen2.5-0.5B-Instruct'")
     if spec.gguf_file:
         return _materialize_gguf(path, spec.gguf_file)
     return path

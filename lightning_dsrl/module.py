@@ -10,6 +10,13 @@ One training step is one rollout batch (filled into the batch by the rollout cal
     3. ``ppo_epochs x minibatches`` optimizer steps, each accumulating gradients over
        micro-batches of ``micro_batch_size`` completions, then clipping and stepping.
 
+A step is skipped (no parameter and no optimizer state changes, but counted by Lightning so
+``trainer.max_steps`` still ends the run) when its loss or gradient is not finite on any rank
+(``train/skipped_steps``; the run stops after ``max_nonfinite_steps`` in a row) or when its
+gradient is exactly zero, i.e. the objective found no signal in the batch
+(``train/zero_signal_steps``): every advantage it produced was 0 and no other term (KL, entropy)
+pulls. AdamW would otherwise still move the weights on momentum and weight decay.
+
 Log-probs are taken from logits of completion positions only (``logits_to_keep``), one
 micro-batch at a time, so no ``[N, L, V]`` tensor for the whole batch ever exists, and never
 logits at prompt positions. Log-probs use the sampling temperature (``logits / T``), so they
@@ -22,17 +29,21 @@ import copy
 import math
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from jsonargparse import lazy_instance
 from lightning import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from lightning_dsrl import functional as F
-from lightning_dsrl.errors import ConfigError
-from lightning_dsrl.metrics import PassAtK, distinct_correct, group_counts, zero_signal_fraction
+from lightning_dsrl.errors import ConfigError, TrainingError
+from lightning_dsrl.logprobs import completion_logits
+from lightning_dsrl.metrics import EvalReport, RolloutMetrics, zero_signal_fraction
+from lightning_dsrl.metrics.plot import figure_to_array
+from lightning_dsrl.metrics.report import format_table, sample_rows, write_eval
 from lightning_dsrl.models import DEFAULT_MODEL, ModelSpec, load_model, load_tokenizer
 from lightning_dsrl.objectives import GRPO, Objective
 from lightning_dsrl.types import PromptBatch, RolloutBatch
@@ -50,7 +61,7 @@ class RLModule(LightningModule):
         attn_implementation: transformers attention backend (``sdpa``, ``eager``, ``flash_attention_2``).
         gradient_checkpointing: recompute activations in backward to save memory.
         trust_remote_code: allow model code from the hub (off unless you trust the repository).
-        objective: the loss (``GRPO``, ``DSGRPO``, ...), with its options.
+        objective: the loss (``GRPO``, ``DSGRPO``, ...), with its options (default: ``GRPO()``).
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
         adam_betas: AdamW betas.
@@ -65,6 +76,14 @@ class RLModule(LightningModule):
             (each such step is skipped, not applied).
         log_samples_every_n_steps: write a table of prompts, completions and rewards to TensorBoard
             every this many rollouts (0: never).
+        share_prompt_prefix: run each group's prompt once in the log-prob and training passes and
+            share its KV cache with the group's completions (same values, less compute).
+        val_bootstrap: resamples of the bootstrap confidence interval of the validation pass@k curve
+            (over problems; 0: no interval).
+        val_confidence: coverage of that interval.
+        train_self_bleu: log Self-BLEU of every rollout's groups (``diversity/self_bleu``); it costs
+            O(G^2) BLEU evaluations per group on the CPU (``timing/metrics``), so turn it off for large G.
+            Validation always reports it.
     """
 
     def __init__(
@@ -75,7 +94,7 @@ class RLModule(LightningModule):
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
-        objective: Objective = lazy_instance(GRPO),
+        objective: Objective | None = None,
         learning_rate: float = 1e-6,
         weight_decay: float = 0.0,
         adam_betas: tuple[float, float] = (0.9, 0.999),
@@ -87,17 +106,26 @@ class RLModule(LightningModule):
         max_grad_norm: float | None = 1.0,
         max_nonfinite_steps: int = 5,
         log_samples_every_n_steps: int = 25,
+        share_prompt_prefix: bool = True,
+        val_bootstrap: int = 1000,
+        val_confidence: float = 0.95,
+        train_self_bleu: bool = True,
     ) -> None:
         super().__init__()
         if ppo_epochs < 1 or minibatches < 1 or micro_batch_size < 1:
             raise ConfigError("model.ppo_epochs, model.minibatches and model.micro_batch_size must be >= 1")
+        if max_nonfinite_steps < 1:
+            raise ConfigError(f"model.max_nonfinite_steps={max_nonfinite_steps} must be >= 1")
         if learning_rate <= 0:
             raise ConfigError(f"model.learning_rate={learning_rate} must be > 0")
         if lr_schedule not in ("constant", "linear", "cosine"):
             raise ConfigError(f"model.lr_schedule={lr_schedule!r}: use constant, linear or cosine")
+        if val_bootstrap < 0 or not 0 < val_confidence < 1:
+            raise ConfigError(f"model.val_bootstrap={val_bootstrap} must be >= 0 and model.val_confidence="
+                              f"{val_confidence} in (0, 1), e.g. 1000 and 0.95")
         self.spec = ModelSpec(name_or_path, gguf_file, torch_dtype, attn_implementation,
                               gradient_checkpointing, trust_remote_code)
-        self.objective = objective
+        self.objective = objective if objective is not None else GRPO()
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.adam_betas = tuple(adam_betas)
@@ -109,14 +137,19 @@ class RLModule(LightningModule):
         self.max_grad_norm = max_grad_norm
         self.max_nonfinite_steps = max_nonfinite_steps
         self.log_samples_every_n_steps = log_samples_every_n_steps
+        self.share_prompt_prefix = share_prompt_prefix
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints leave out the frozen reference model
         self.policy = None
         self.reference = None
         self.tokenizer = None
-        self.val_passk = PassAtK()
+        # training: one rollout at a time (updated, read and reset every step); validation: the whole set
+        self.train_metrics = RolloutMetrics(self_bleu=train_self_bleu)
+        self.val_metrics = RolloutMetrics(bootstrap=val_bootstrap, confidence=val_confidence)
+        self._val_rows: list[dict[str, Any]] = []
         self._nonfinite_in_a_row = 0
         self._skipped_steps = 0
+        self._zero_signal_steps = 0
         self._rollouts_seen = 0
         self._shuffle = torch.Generator().manual_seed(0)
 
@@ -139,6 +172,15 @@ class RLModule(LightningModule):
             raise ConfigError("no RolloutCallback in the trainer: run through `python -m lightning_dsrl` (which adds "
                               "it from the `rollout:` section) or add one to trainer.callbacks")
         self.objective.check(callbacks[0].num_generations)
+
+    def on_fit_start(self) -> None:
+        self._require_reference()  # the models exist now: fail before the first rollout, not in it
+
+    def _require_reference(self) -> None:
+        if self.objective.needs_reference and self.reference is None:
+            raise ConfigError(f"model.objective: {type(self.objective).__name__} needs the reference model but none "
+                              "was loaded; build the module with this objective (configure_model loads the reference "
+                              "when objective.needs_reference is true) or set beta: 0 / smoothing_model: old")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the reference model is the frozen base model: rebuilt from name_or_path, never saved
@@ -173,16 +215,12 @@ class RLModule(LightningModule):
         """Log-probs ``[n, L]`` of the completion tokens under ``model``, and the token entropy
         ``[n, L]`` of its full distribution when asked (with or without gradient).
 
-        The input is ``prompt + completion[:-1]``; logits are kept for the last ``L`` positions
-        only, the ones that predict completion tokens. Padded positions are zero.
+        Logits exist for completion positions only, one micro-batch at a time, and the prompt
+        of a group runs once (see :mod:`lightning_dsrl.logprobs`). Padded positions are zero.
         """
-        length = batch.completion_ids.shape[1]
-        input_ids = torch.cat([batch.prompt_ids, batch.completion_ids[:, :-1]], dim=1)
-        attention = torch.cat([batch.prompt_mask, batch.completion_mask[:, :-1]], dim=1).long()
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                    logits_to_keep=length, use_cache=False)
-        logits = out.logits[:, -length:]  # [n, L, V], one micro-batch only
+        logits = completion_logits(model, batch, self.share_prompt_prefix)  # [n, L, V], one micro-batch only
+        # float32 before the temperature: dividing bf16 logits rounds them to 8 bits of mantissa
+        logits = logits.float()
         if batch.temperature != 1.0:
             logits = logits / batch.temperature
         mask = batch.completion_mask
@@ -212,8 +250,7 @@ class RLModule(LightningModule):
             rollout.logp_old = self._fixed_logprobs(self.policy, rollout)
             self.policy.train(was_training)
         if self.objective.needs_reference:
-            if self.reference is None:
-                raise ConfigError(f"{type(self.objective).__name__} needs the reference model but none was loaded")
+            self._require_reference()
             rollout.logp_ref = self._fixed_logprobs(self.reference, rollout)
         rollout.advantages = self.objective.group_advantages(rollout)
         return rollout
@@ -246,7 +283,7 @@ class RLModule(LightningModule):
         sums: dict[str, float] = defaultdict(float)
         weights: dict[str, float] = defaultdict(float)
         generator = self._shuffle if self.minibatches > 1 else None
-        for _ in range(self.ppo_epochs):
+        for epoch in range(self.ppo_epochs):
             for minibatch in rollout.minibatches(self.minibatches, generator):
                 finite = True
                 for micro in minibatch.micro_batches(self.micro_batch_size):
@@ -256,24 +293,29 @@ class RLModule(LightningModule):
                     if micro.logp_old is None:
                         micro.logp_old = logp.detach()  # rho == 1 in value, the gradient of logp remains
                     out = self.objective(micro, logp, entropy)
+                    # backward even on a non-finite loss: under DDP every rank must run the same
+                    # collectives; the step is dropped below
+                    self.manual_backward(out.loss)
                     if not torch.isfinite(out.loss):
                         finite = False
                         continue
-                    self.manual_backward(out.loss)
                     weight = float(micro.num_samples)
                     for name, value in out.metrics.items():
                         sums[name] += float(value) * weight
                         weights[name] += weight
-                    sums["entropy"] += float(F.masked_mean(entropy.detach(), micro.completion_mask)) * weight
-                    weights["entropy"] += weight
+                    if epoch == 0:  # the policy's entropy on its samples, each sample counted once
+                        self.train_metrics.entropy.update(entropy.detach(), micro.completion_mask, micro.correct)
                 grad_norm = self._clip_gradients()
-                sums["grad_norm"] += grad_norm
-                weights["grad_norm"] += 1
-                if finite and math.isfinite(grad_norm):
-                    optimizer.step()
-                    self._nonfinite_in_a_row = 0
+                if not self._on_all_ranks(finite and math.isfinite(grad_norm)):
+                    self._skip_step(optimizer, nonfinite=True)
                 else:
-                    self._skip_step()
+                    sums["grad_norm"] += grad_norm
+                    weights["grad_norm"] += 1
+                    self._nonfinite_in_a_row = 0
+                    if grad_norm == 0.0:
+                        self._skip_step(optimizer, nonfinite=False)
+                    else:
+                        optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
         return {name: sums[name] / weights[name] for name in sums if weights[name] > 0}
@@ -285,11 +327,22 @@ class RLModule(LightningModule):
         max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
-    def _skip_step(self) -> None:
+    def _on_all_ranks(self, ok: bool) -> bool:
+        """``ok`` and-reduced over ranks, so that every rank steps or skips together."""
+        return ok if self._trainer is None else bool(self.trainer.strategy.reduce_boolean_decision(ok, all=True))
+
+    def _skip_step(self, optimizer, nonfinite: bool) -> None:
+        """Drop this step's gradients and step with none: AdamW leaves a parameter without a gradient
+        (and its state) alone, while Lightning counts the step, so ``trainer.max_steps`` still ends the run."""
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+        if not nonfinite:
+            self._zero_signal_steps += 1
+            return
         self._skipped_steps += 1
         self._nonfinite_in_a_row += 1
         if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
-            raise RuntimeError(
+            raise TrainingError(
                 f"{self._nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or gradient; "
                 "stopping. Lower model.learning_rate, check the reward scale, or use float32 "
                 f"(model.max_nonfinite_steps={self.max_nonfinite_steps})"
@@ -297,25 +350,31 @@ class RLModule(LightningModule):
 
     # ------------------------------------------------------------------ logging
     def _log_rollout(self, rollout: RolloutBatch, update: dict[str, float], timings: dict[str, float]) -> None:
-        n, c = group_counts(rollout.group_ids, rollout.correct)
+        start = time.perf_counter()
+        self.train_metrics.update(rollout)  # the token entropy was added during the update
+        report = self.train_metrics.compute()
+        self.train_metrics.reset()
         lengths = rollout.completion_mask.sum(-1).float()
         correct_rate = float(rollout.correct.float().mean())
         values = {
             "train/reward_mean": float(rollout.rewards.mean()),
             "train/reward_std": float(rollout.rewards.std()) if rollout.num_samples > 1 else 0.0,
             "train/correct_rate": correct_rate,
-            f"passk/pass@{int(n.min())}": float(F.pass_at_k(n, c, int(n.min())).mean()),
             "train/zero_signal_groups": zero_signal_fraction(rollout.group_ids, rollout.rewards),
             "train/completion_length": float(lengths.mean()),
             "train/truncated_fraction": float(rollout.truncated.float().mean()),
             "train/lr": float(self.optimizers().param_groups[0]["lr"]),
             "train/skipped_steps": float(self._skipped_steps),
-            "diversity/distinct_correct": float(
-                distinct_correct(rollout.group_ids, rollout.correct, rollout.answers).float().mean()),
+            "train/zero_signal_steps": float(self._zero_signal_steps),
         }
+        values.update({f"passk/pass@{k}": v for k, v in zip(report.passk["k"], report.passk["value"])})
+        for name, value in report.values.items():  # undefined ones (None) are left out of this step
+            if value is not None and not name.startswith("mean@"):  # mean@G is train/correct_rate
+                values[f"train/{name}" if name.startswith("entropy") else f"diversity/{name}"] = value
         values.update({f"reward/{k}": float(v.mean()) for k, v in rollout.reward_parts.items()})
         values.update({f"train/{k}": v for k, v in update.items()})
         values.update(timings)
+        values["timing/metrics"] = time.perf_counter() - start
         kw = {"on_step": True, "on_epoch": False, "batch_size": rollout.num_groups}
         self.log_dict(values, **kw)
         self.log("reward", values["train/reward_mean"], prog_bar=True, logger=False, **kw)
@@ -336,18 +395,79 @@ class RLModule(LightningModule):
         logger.experiment.add_text("samples", "\n".join(rows), global_step=self.global_step)
 
     # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def sample_entropy(self, rollout: RolloutBatch) -> Tensor:
+        """``[N, L]`` entropy of the policy's full next-token distribution (at the sampling
+        temperature) at every completion position, micro-batch by micro-batch, without gradient."""
+        out = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32, device=rollout.completion_ids.device)
+        for start in range(0, rollout.num_samples, self.micro_batch_size):
+            index = torch.arange(start, min(start + self.micro_batch_size, rollout.num_samples))
+            micro = rollout.select(index).trim()
+            _, entropy = self.completion_logprobs(self.policy, micro, entropy="detached")
+            out[index.to(out.device), : entropy.shape[1]] = entropy
+        return out
+
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
         rollout = self._rollout_of(batch)
-        n, c = group_counts(rollout.group_ids, rollout.correct)
-        self.val_passk.update(n, c)
+        greedy = getattr(batch, "greedy", None)
+        # one greedy completion per group, put in the sorted group order the metrics use
+        greedy_correct = greedy.correct[torch.argsort(greedy.group_ids)] if greedy is not None else None
+        self.val_metrics.update(rollout, entropy=self.sample_entropy(rollout), greedy_correct=greedy_correct)
+        self._val_rows.extend(sample_rows(rollout, greedy))
         kw = {"on_step": False, "on_epoch": True, "batch_size": rollout.num_samples}
         self.log("val/reward_mean", rollout.rewards.mean(), **kw)
         self.log("val/correct_rate", rollout.correct.float().mean(), **kw)
 
     def on_validation_epoch_end(self) -> None:
-        for k, value in self.val_passk.compute().items():
-            self.log(f"val/pass@{k}", value, prog_bar=k == 1)
-        self.val_passk.reset()
+        report = self.val_metrics.compute()  # synced across processes
+        self.val_metrics.reset()
+        rows = self._gather_rows()
+        for name, value in report.scalars().items():
+            self.log(f"val/{name}", value, prog_bar=name == "pass@1")
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        self._write_eval(report, rows)
+
+    def _gather_rows(self) -> list[dict[str, Any]]:
+        """The sample rows of every process, in rank order (texts travel as Python objects)."""
+        rows, self._val_rows = self._val_rows, []
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        return rows
+
+    def _eval_settings(self) -> dict[str, Any]:
+        from lightning_dsrl.rollout.callback import RolloutCallback
+
+        callback = next((cb for cb in self.trainer.callbacks if isinstance(cb, RolloutCallback)), None)
+        sampling = callback.val_sampling if callback is not None else None
+        return {
+            "stage": str(self.trainer.state.fn.value) if self.trainer.state.fn else None,
+            "model": self.spec.name_or_path,
+            "ckpt_path": str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None,
+            "global_step": int(self.global_step),
+            "samples_per_problem": sampling.n if sampling else None,
+            "temperature": sampling.temperature if sampling else None,
+            "top_p": sampling.top_p if sampling else None,
+            "top_k": sampling.top_k if sampling else None,
+            "max_new_tokens": sampling.max_new_tokens if sampling else None,
+            "greedy": bool(callback is not None and callback.val_greedy),
+            "bootstrap": self.val_metrics.passk.bootstrap,
+        }
+
+    def _write_eval(self, report: EvalReport, rows: list[dict[str, Any]]) -> None:
+        """``eval/`` files in the run directory, the curve as a TensorBoard image, and (in
+        ``validate``/``test``) the table on the console."""
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        label = f"{run_dir.parent.name}/{run_dir.name}"
+        paths, figure = write_eval(run_dir / "eval", report, rows, self._eval_settings(), label=label)
+        if isinstance(self.logger, TensorBoardLogger):
+            self.logger.experiment.add_image("val/passk_curve", figure_to_array(figure), self.global_step,
+                                             dataformats="HWC")
+        if self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING):
+            print(f"\n{format_table(report)}\n\nwritten: {paths['metrics.json'].parent}/"
+                  "{metrics.json,samples.jsonl,passk.png}", flush=True)
 
     def test_step(self, batch: PromptBatch, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)

@@ -37,10 +37,12 @@ class PromptRecord:
 
 @dataclass
 class PromptBatch:
-    """What the dataloader yields: ``B`` prompt records; the rollout callback fills ``rollout``."""
+    """What the dataloader yields: ``B`` prompt records; the rollout callback fills ``rollout``
+    (and, in validation, ``greedy``)."""
 
     records: list[PromptRecord]
     rollout: RolloutBatch | None = None
+    greedy: RolloutBatch | None = None  # validation: one greedy completion per prompt (for Potential@k)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -178,6 +180,54 @@ class RolloutBatch:
             changes["prompt_ids"] = self.prompt_ids[:, self.prompt_ids.shape[1] - prompt_width :]
             changes["prompt_mask"] = self.prompt_mask[:, self.prompt_mask.shape[1] - prompt_width :]
         return dataclasses.replace(self, **changes) if changes else self
+
+    @staticmethod
+    def concat(batches: list[RolloutBatch], pad_id: int = 0) -> RolloutBatch:
+        """One batch holding the completions of ``batches`` in order, re-padded to the widest
+        prompt (on the left) and completion (on the right); group labels are renumbered
+        ``0..num_groups-1`` so groups of different batches stay apart. Sampling settings
+        (``temperature``, ``max_new_tokens``) come from the first batch; ``totals`` are reset."""
+        if not batches:
+            raise ValueError("concat needs at least one RolloutBatch")
+        width_p = max(b.prompt_ids.shape[1] for b in batches)
+        width_c = max(b.completion_ids.shape[1] for b in batches)
+
+        def pad(t: Tensor, width: int, value: float | bool, left: bool) -> Tensor:
+            extra = width - t.shape[1]
+            if extra == 0:
+                return t
+            filler = torch.full((t.shape[0], extra), value, dtype=t.dtype, device=t.device)
+            return torch.cat([filler, t] if left else [t, filler], dim=1)
+
+        groups, offset = [], 0
+        for b in batches:
+            _, dense = torch.unique(b.group_ids, return_inverse=True)
+            groups.append(dense + offset)
+            offset += int(dense.max()) + 1 if dense.numel() else 0
+        changes: dict[str, Any] = {
+            "prompt_ids": torch.cat([pad(b.prompt_ids, width_p, pad_id, True) for b in batches]),
+            "prompt_mask": torch.cat([pad(b.prompt_mask, width_p, False, True) for b in batches]),
+            "completion_ids": torch.cat([pad(b.completion_ids, width_c, pad_id, False) for b in batches]),
+            "completion_mask": torch.cat([pad(b.completion_mask, width_c, False, False) for b in batches]),
+            "group_ids": torch.cat(groups),
+            "totals": {},
+        }
+        for name in ("logp_old", "logp_ref", "sampler_logp"):
+            values = [getattr(b, name) for b in batches]
+            if any(v is None for v in values) and any(v is not None for v in values):
+                raise ValueError(f"concat: {name} is set on some batches but not on others")
+            changes[name] = None if values[0] is None else torch.cat([pad(v, width_c, 0.0, False) for v in values])
+        for f in dataclasses.fields(batches[0]):
+            value = getattr(batches[0], f.name)
+            if f.name in changes:
+                continue
+            if isinstance(value, Tensor):
+                changes[f.name] = torch.cat([getattr(b, f.name) for b in batches])
+            elif isinstance(value, list):
+                changes[f.name] = [x for b in batches for x in getattr(b, f.name)]
+            elif f.name == "reward_parts":
+                changes[f.name] = {k: torch.cat([b.reward_parts[k] for b in batches]) for k in value}
+        return dataclasses.replace(batches[0], **changes)
 
     def to(self, device: torch.device | str) -> RolloutBatch:
         changes: dict[str, Any] = {}

@@ -1,6 +1,58 @@
-"""Metrics of correctness and diversity (pass@k and friends)."""
+"""Metrics of correctness and diversity (ALGORITHMS.md section 5) as torchmetrics ``Metric`` s.
 
-from lightning_dsrl.metrics.functional import distinct_correct, group_counts, zero_signal_fraction
-from lightning_dsrl.metrics.passk import PassAtK, powers_of_two
+    passk.py      PassAtK (curve + bootstrap interval), MeanAtK, PotentialAtK
+    diversity.py  DivEqu, DistinctN, SelfBLEU, DistinctCorrect
+    entropy.py    TokenEntropy (all / correct / incorrect)
+    functional.py the functional twins (``_x_update`` / ``_x_compute`` shared with the classes)
+    rollout.py    RolloutMetrics: all of them for one stage, fed from rollout batches -> EvalReport
+    report.py     eval/metrics.json, eval/samples.jsonl and the console table
+    plot.py       the pass@k curve as a PNG (matplotlib)
+"""
 
-__all__ = ["PassAtK", "distinct_correct", "group_counts", "powers_of_two", "zero_signal_fraction"]
+from lightning_dsrl.metrics.diversity import DistinctCorrect, DistinctN, DivEqu, SelfBLEU
+from lightning_dsrl.metrics.entropy import TokenEntropy
+from lightning_dsrl.metrics.functional import (
+    distinct_correct,
+    distinct_correct_mean,
+    distinct_n,
+    div_equ,
+    group_counts,
+    mean_at_k,
+    pass_at_k_bootstrap,
+    pass_at_k_curve,
+    potential_at_k,
+    powers_of_two,
+    self_bleu,
+    token_entropy,
+    tokenize,
+    zero_signal_fraction,
+)
+from lightning_dsrl.metrics.passk import MeanAtK, PassAtK, PotentialAtK
+from lightning_dsrl.metrics.rollout import EvalReport, RolloutMetrics
+
+__all__ = [
+    "DistinctCorrect",
+    "DistinctN",
+    "DivEqu",
+    "EvalReport",
+    "MeanAtK",
+    "PassAtK",
+    "PotentialAtK",
+    "RolloutMetrics",
+    "SelfBLEU",
+    "TokenEntropy",
+    "distinct_correct",
+    "distinct_correct_mean",
+    "distinct_n",
+    "div_equ",
+    "group_counts",
+    "mean_at_k",
+    "pass_at_k_bootstrap",
+    "pass_at_k_curve",
+    "potential_at_k",
+    "powers_of_two",
+    "self_bleu",
+    "token_entropy",
+    "tokenize",
+    "zero_signal_fraction",
+]

@@ -12,8 +12,6 @@ mistake a larger penalty. The correction is a constant per completion; everythin
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import Tensor
 
 from lightning_dsrl import functional as F
@@ -39,8 +37,8 @@ class DSGRPO(GRPO):
         self,
         gamma_p: float = 0.01,
         gamma_n: float = 0.01,
-        smoothing_model: Literal["old", "reference"] = "old",
-        logprob_reduction: Literal["sum", "mean"] = "sum",
+        smoothing_model: str = "old",
+        logprob_reduction: str = "sum",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)

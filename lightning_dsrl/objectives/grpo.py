@@ -13,8 +13,6 @@ The Dr.GRPO and DAPO variants are settings of this class (see ``configs/``).
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import Tensor
 
 from lightning_dsrl import functional as F
@@ -44,10 +42,12 @@ class GRPO(Objective):
         beta: float = 0.04,
         epsilon_low: float = 0.2,
         epsilon_high: float | None = None,
-        scale_rewards: Literal["group", "batch", "none"] = "group",
-        loss_agg_mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "seq-mean-token-mean",
+        scale_rewards: str = "group",
+        loss_agg_mode: str = "seq-mean-token-mean",
         eps: float = 1e-6,
     ) -> None:
+        # choices are typed ``str``, not ``Literal``: a typo then reaches the check below and ends in one
+        # ``error:`` line naming the option and its values, instead of the parser's full usage text
         super().__init__()
         if beta < 0:
             raise ConfigError(f"model.objective.beta={beta}: the KL weight must be >= 0")

@@ -9,15 +9,23 @@ reward do not. The rollout callback scores every completion with a :class:`Compo
 
 Subclasses register themselves under their ``name`` when their module is imported, so a
 reward written in a user's own file is found by ``class_path`` like the built-ins.
+
+Isolation: the composite calls each reward under a time budget (``timeout_s``, see ``guard.py``
+for what it can and cannot interrupt). A call that raises, runs past the budget, or returns
+something other than a ``RewardResult`` with a finite reward scores 0 with ``correct = False``
+for that reward; it is counted (``errors``, ``timeouts``) and logged once per reward and kind
+with the offending sample, and the run goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import ClassVar
 
 import torch
 
+from lightning_dsrl.rewards.guard import RewardTimeout, call_with_budget
 from lightning_dsrl.types import PromptRecord, RewardResult
 
 __all__ = ["RewardModule", "CompositeReward", "REWARDS", "get_reward_class", "ScoredBatch"]
@@ -67,27 +75,41 @@ class ScoredBatch:
     """Scores of ``N`` completions: totals, verdicts, extracted answers and each part's rewards."""
 
     def __init__(self, rewards: torch.Tensor, correct: torch.Tensor, answers: list[str | None],
-                 parts: dict[str, torch.Tensor], errors: int) -> None:
+                 parts: dict[str, torch.Tensor], errors: int, timeouts: int = 0) -> None:
         self.rewards = rewards  # [N] float32 weighted total
         self.correct = correct  # [N] bool
         self.answers = answers  # [N]
         self.parts = parts  # name -> [N] unweighted
-        self.errors = errors  # number of reward calls that raised
+        self.errors = errors  # number of reward calls that raised or returned an invalid result
+        self.timeouts = timeouts  # number of reward calls that ran past the time budget
 
 
 class CompositeReward(RewardModule):
     """Weighted sum of rewards, with the AND of the verifiers' verdicts as ``correct``.
 
-    A reward that raises on a completion scores 0 with ``correct = False`` for it; the error is
-    counted and logged once per reward, so one bad string cannot end a run.
+    A reward that raises, runs past ``timeout_s`` seconds or returns an invalid result on a
+    completion scores 0 with ``correct = False`` for it; it is counted and logged once per reward
+    and kind, so one bad string cannot end a run.
+
+    Args:
+        rewards: the parts.
+        timeout_s: time budget of one reward call in seconds (``None``: no limit).
     """
 
     name = "composite"
+    internal = True  # built by the rollout callback from ``rollout.rewards``, not listed in a config
 
-    def __init__(self, rewards: list[RewardModule]) -> None:
+    def __init__(self, rewards: list[RewardModule], timeout_s: float | None = None) -> None:
         super().__init__(weight=1.0)
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"rollout.reward_timeout_s={timeout_s}: give a number of seconds > 0, or null for no limit")
+        self.timeout_s = timeout_s
         if not rewards:
             raise ValueError("rollout.rewards is empty: give at least one reward, e.g. CountdownReward")
+        for reward in rewards:
+            if not isinstance(getattr(reward, "weight", None), float):
+                raise ValueError(f"{type(reward).__name__} has no weight: its __init__ must call "
+                                 "super().__init__(weight)")
         names = [_part_name(r) for r in rewards]
         if len(set(names)) != len(names):
             raise ValueError(f"reward names must be unique in rollout.rewards, got {names}")
@@ -95,17 +117,38 @@ class CompositeReward(RewardModule):
         self.names = names
         if not any(r.is_verifier for r in rewards):
             log.warning("no verifier among the rewards %s: every completion counts as incorrect", names)
-        self._reported: set[str] = set()
+        self._reported: set[tuple[str, str]] = set()
 
-    def _safe_score(self, name: str, reward: RewardModule, record: PromptRecord, completion: str):
+    def _safe_score(self, name: str, reward: RewardModule, record: PromptRecord,
+                    completion: str) -> tuple[RewardResult, str | None]:
+        """The reward's result, or a zero result and the kind of failure (``error`` / ``timeout``)."""
         try:
-            return reward(record, completion), False
+            result, seconds = call_with_budget(reward, self.timeout_s, record, completion)
+        except RewardTimeout:
+            return self._failed(name, "timeout", f"ran past {self.timeout_s} s", record, completion)
         except Exception as err:  # noqa: BLE001 - a reward must never end the run
-            if name not in self._reported:
-                self._reported.add(name)
-                log.error("reward %r raised %r on completion %r; scoring it 0 (reported once)",
-                          name, err, completion[:200])
-            return RewardResult(0.0, correct=False), True
+            return self._failed(name, "error", f"raised {err!r}", record, completion)
+        if self.timeout_s is not None and seconds > self.timeout_s:  # returned, but late (not interruptible)
+            return self._failed(name, "timeout", f"took {seconds:.2f} s > {self.timeout_s} s", record, completion)
+        if not isinstance(result, RewardResult):
+            return self._failed(name, "error", f"returned {type(result).__name__}, not a RewardResult", record,
+                                completion)
+        try:
+            value = float(result.reward)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
+            return self._failed(name, "error", f"returned the reward {result.reward!r}", record, completion)
+        return result, None
+
+    def _failed(self, name: str, kind: str, what: str, record: PromptRecord,
+                completion: str) -> tuple[RewardResult, str]:
+        if (name, kind) not in self._reported:
+            self._reported.add((name, kind))
+            counter = "reward/timeouts" if kind == "timeout" else "reward/errors"
+            log.error("reward %r %s; scored 0 with correct=False, counted in %s, reported once. prompt: %s "
+                      "completion: %s", name, what, counter, _excerpt(str(getattr(record, "prompt", record))), _excerpt(completion))
+        return RewardResult(0.0, correct=False), kind
 
     def score(self, record: PromptRecord, completion: str) -> RewardResult:
         batch = self.score_batch([record], [completion])
@@ -119,19 +162,25 @@ class CompositeReward(RewardModule):
         correct = torch.full((n,), any(r.is_verifier for r in self.rewards), dtype=torch.bool)
         answers: list[str | None] = [None] * n
         parts = {name: torch.zeros(n) for name in self.names}
-        errors = 0
+        failures = {"error": 0, "timeout": 0}
         for name, reward in zip(self.names, self.rewards):
             for i, (record, completion) in enumerate(zip(records, completions)):
                 result, failed = self._safe_score(name, reward, record, completion)
-                errors += failed
+                if failed is not None:
+                    failures[failed] += 1
                 parts[name][i] = result.reward
                 totals[i] += reward.weight * result.reward
                 if reward.is_verifier:
                     correct[i] &= bool(result.correct)
                 if answers[i] is None and result.answer is not None:
                     answers[i] = result.answer
-        return ScoredBatch(totals, correct, answers, parts, errors)
+        return ScoredBatch(totals, correct, answers, parts, failures["error"], failures["timeout"])
 
 
 def _part_name(reward: RewardModule) -> str:
     return reward.name or type(reward).__name__
+
+
+def _excerpt(text: str, limit: int = 300) -> str:
+    """``repr`` of at most ``limit`` characters of ``text``, with its length when cut (a completion may be 1 MB)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
 from lightning_dsrl.rewards.base import RewardModule
@@ -11,6 +12,7 @@ from lightning_dsrl.types import PromptRecord, RewardResult
 __all__ = ["NumericAnswerReward", "parse_number"]
 
 _MAX_NUMBER_CHARS = 64
+_NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
 
 
 def parse_number(text: str) -> Fraction | None:
@@ -20,12 +22,10 @@ def parse_number(text: str) -> Fraction | None:
     (Fraction(1234, 1), Fraction(-7, 2), None)
     """
     text = text.strip().replace(",", "")
-    if not text or len(text) > _MAX_NUMBER_CHARS or not text.isascii():
+    # no exponents: Fraction("1e999999999") would build a billion-digit integer
+    if len(text) > _MAX_NUMBER_CHARS or not _NUMBER.fullmatch(text):
         return None
-    try:
-        return Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        return None
+    return Fraction(text)
 
 
 class NumericAnswerReward(RewardModule):

@@ -1,8 +1,10 @@
 """``RolloutCallback``: turns each batch of prompts into a scored :class:`RolloutBatch`.
 
     on_train_batch_start       B prompts -> engine.generate(G each) -> rewards -> batch.rollout
+                               (dynamic_sampling: groups with all-equal rewards replaced, see ``refill``)
     on_train_batch_end         engine.sync_weights(module)   (no-op for the HF engine)
     on_validation_batch_start  B prompts -> val_num_generations samples each -> batch.rollout
+                               (+ one greedy completion each -> batch.greedy, for Potential@k)
 
 Lightning means callbacks for non-essential code; the rollout is essential, so this class stays
 thin (sampling settings, tokenising, tensor layout) and the module refuses a batch without a
@@ -16,9 +18,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jsonargparse import lazy_instance
 from lightning import Callback, LightningModule, Trainer
 
+from lightning_dsrl import functional as F
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.rewards.base import CompositeReward, RewardModule
 from lightning_dsrl.rollout.engine import RolloutEngine, SamplingParams
@@ -31,6 +33,15 @@ if TYPE_CHECKING:
 __all__ = ["RolloutCallback", "pad_left", "pad_right"]
 
 log = logging.getLogger(__name__)
+
+
+def _training_records(trainer: Trainer) -> list[PromptRecord]:
+    """The records of the training dataloader's dataset (where dynamic sampling draws fresh prompts)."""
+    records = getattr(getattr(trainer.train_dataloader, "dataset", None), "records", None)
+    if not records:
+        raise ConfigError("rollout.dynamic_sampling draws fresh prompts from the training dataset, but the train "
+                          "dataloader has no `dataset.records`; use PromptDataModule or set dynamic_sampling: false")
+    return list(records)
 
 
 def pad_left(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +72,7 @@ class RolloutCallback(Callback):
     """Sample ``num_generations`` completions per prompt and score them.
 
     Args:
-        engine: the rollout engine (``HFEngine`` runs everywhere; ``VLLMEngine`` on GPUs).
+        engine: the rollout engine (default ``HFEngine()``, runs everywhere; ``VLLMEngine`` on GPUs).
         rewards: rewards summed with their weights; verifiers among them decide ``correct``.
         num_generations: completions per prompt (G, the group size).
         temperature: sampling temperature (log-probs are computed at the same temperature).
@@ -69,15 +80,27 @@ class RolloutCallback(Callback):
         top_k: top-k sampling (0: off).
         max_new_tokens: generation budget per completion.
         stop: strings that end a completion (kept in the text), e.g. ``["</answer>"]``.
-        max_prompt_tokens: prompts longer than this keep only their last tokens (counted, warned).
+        max_prompt_tokens: prompts longer than this keep only their last tokens (counted, warned). Prompts
+            are also cut to fit the model's context, ``max_position_embeddings - max_new_tokens``, when the
+            model declares it.
+        reward_timeout_s: time budget of one reward call in seconds; a call that runs past it scores 0
+            and is counted in ``reward/timeouts`` (``null``: no limit).
         val_num_generations: samples per prompt in validation (pass@k is reported up to this k).
         val_temperature: sampling temperature in validation.
         val_top_p: nucleus threshold in validation.
+        val_greedy: also decode one greedy completion per validation prompt (Potential@k and the
+            greedy accuracy need it).
+        dynamic_sampling: DAPO's dynamic sampling: drop the groups whose rewards are all equal (no
+            GRPO signal) and replace them with groups for fresh training prompts. Meant for GRPO-style
+            objectives; DS-GRPO and the entropy objectives still learn from such groups.
+        max_resample_rounds: with ``dynamic_sampling``, at most this many extra generation rounds of
+            ``data.batch_size`` fresh prompts each; a batch still short after them trains on the groups
+            it has (on the original batch if none has a reward spread).
     """
 
     def __init__(
         self,
-        engine: RolloutEngine = lazy_instance(HFEngine),
+        engine: RolloutEngine | None = None,
         rewards: list[RewardModule] | None = None,
         num_generations: int = 8,
         temperature: float = 1.0,
@@ -86,9 +109,13 @@ class RolloutCallback(Callback):
         max_new_tokens: int = 64,
         stop: list[str] | None = None,
         max_prompt_tokens: int | None = None,
+        reward_timeout_s: float | None = 10.0,
         val_num_generations: int = 16,
         val_temperature: float = 1.0,
         val_top_p: float = 1.0,
+        val_greedy: bool = True,
+        dynamic_sampling: bool = False,
+        max_resample_rounds: int = 3,
     ) -> None:
         super().__init__()
         if num_generations < 1 or val_num_generations < 1:
@@ -99,22 +126,38 @@ class RolloutCallback(Callback):
             raise ConfigError("rollout.top_p must be in (0, 1]")
         if max_new_tokens < 1:
             raise ConfigError("rollout.max_new_tokens must be >= 1")
+        if max_resample_rounds < 0:
+            raise ConfigError(f"rollout.max_resample_rounds={max_resample_rounds}: must be >= 0")
         if not rewards:
             raise ConfigError("rollout.rewards is empty: list at least one reward, e.g. "
                               "[{class_path: CountdownReward}, {class_path: FormatReward, init_args: {weight: 0.1}}]")
-        self.engine = engine
-        self.reward = CompositeReward(rewards)
+        if reward_timeout_s is not None and not reward_timeout_s > 0:
+            raise ConfigError(f"rollout.reward_timeout_s={reward_timeout_s}: give seconds > 0, or null for no limit")
+        if max_prompt_tokens is not None and max_prompt_tokens < 1:
+            raise ConfigError(f"rollout.max_prompt_tokens={max_prompt_tokens}: give a number >= 1, or null")
+        self.engine = engine if engine is not None else HFEngine()
+        self.reward = CompositeReward(rewards, timeout_s=reward_timeout_s)
         self.num_generations = num_generations
         self.train_sampling = SamplingParams(num_generations, temperature, top_p, top_k, max_new_tokens, list(stop or []))
         self.val_sampling = SamplingParams(val_num_generations, val_temperature, val_top_p, top_k, max_new_tokens,
                                            list(stop or []))
+        self.val_greedy = val_greedy
+        self.greedy_sampling = SamplingParams(1, 1.0, 1.0, 0, max_new_tokens, list(stop or []), greedy=True)
         self.max_prompt_tokens = max_prompt_tokens
+        self.dynamic_sampling = dynamic_sampling
+        self.max_resample_rounds = max_resample_rounds
         self._bound_to: LightningModule | None = None
         self.prompts_truncated = 0
 
     # ------------------------------------------------------------------ hooks
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        batch.rollout = self.rollout(pl_module, batch, self.train_sampling, log_prefix="train")
+        rollout = self.rollout(pl_module, batch, self.train_sampling, log_prefix="train")
+        if self.dynamic_sampling:
+            start = time.perf_counter()
+            rollout, stats = self.refill(pl_module, rollout, _training_records(trainer), trainer.global_step)
+            stats["timing/resample"] = time.perf_counter() - start
+            pl_module.log_dict(stats, on_step=True, on_epoch=False, batch_size=len(batch))
+        batch.rollout = rollout
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -125,21 +168,74 @@ class RolloutCallback(Callback):
     def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int,
                                   dataloader_idx: int = 0) -> None:
         batch.rollout = self.rollout(pl_module, batch, self.val_sampling, log_prefix=None)
+        if self.val_greedy:
+            batch.greedy = self.rollout(pl_module, batch, self.greedy_sampling, log_prefix=None)
 
     def on_test_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int,
                             dataloader_idx: int = 0) -> None:
-        batch.rollout = self.rollout(pl_module, batch, self.val_sampling, log_prefix=None)
+        self.on_validation_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
 
     # ------------------------------------------------------------------ work
+    def refill(self, pl_module: LightningModule, rollout: RolloutBatch, records: list[PromptRecord], step: int
+               ) -> tuple[RolloutBatch, dict[str, float]]:
+        """DAPO dynamic sampling: keep the groups of ``rollout`` whose rewards differ, then fill the batch
+        back to its number of groups from fresh training ``records``, drawn without replacement in an
+        order seeded by ``(torch.initial_seed(), step, round)`` (reproducible, also after a resume).
+        Returns the batch and what happened (``rollout/dynamic_*``)."""
+        wanted = rollout.num_groups
+        keep = F.group_has_spread(rollout.rewards, rollout.group_ids)  # [N]
+        parts = [rollout.select(keep)] if keep.any() else []
+        have = parts[0].num_groups if parts else 0
+        dropped, rounds = wanted - have, 0
+        tried = {r.prompt for r in rollout.records}  # never draw a prompt already in this step
+        while have < wanted and rounds < self.max_resample_rounds:
+            rounds += 1
+            seed = ((torch.initial_seed() * 1_000_003 + step) * 1_009 + rounds) % 2**63
+            order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+            fresh = [records[i] for i in order if records[i].prompt not in tried][:wanted]
+            if not fresh:
+                break
+            tried.update(r.prompt for r in fresh)
+            extra = self.rollout(pl_module, PromptBatch(fresh), self.train_sampling, log_prefix=None)
+            with_signal = torch.unique(extra.group_ids[F.group_has_spread(extra.rewards, extra.group_ids)])
+            dropped += len(fresh) - int(with_signal.numel())
+            labels = with_signal[: wanted - have]  # the first groups with signal, in prompt order
+            if labels.numel():
+                parts.append(extra.select(torch.isin(extra.group_ids, labels)))
+                have += int(labels.numel())
+        stats = {"rollout/dynamic_dropped_groups": float(dropped), "rollout/dynamic_rounds": float(rounds),
+                 "rollout/dynamic_short": float(have < wanted), "rollout/dynamic_kept_groups": float(have)}
+        if not parts:  # nothing with signal anywhere: train on the original batch (its policy gradient is 0)
+            return rollout, stats
+        return RolloutBatch.concat(parts, pad_id=pl_module.tokenizer.pad_token_id), stats
+
     def _engine(self, pl_module: LightningModule) -> RolloutEngine:
         if self._bound_to is not pl_module:
             self.engine.bind(pl_module)  # type: ignore[arg-type]
             self._bound_to = pl_module
         return self.engine
 
+    def _prompt_limit(self, module: RLModule) -> tuple[int | None, str]:
+        """The most prompt tokens a rollout may use, and which setting sets it.
+
+        ``max_position_embeddings - max_new_tokens`` when the model declares its context (prompt and
+        completion must fit together), or ``rollout.max_prompt_tokens`` if that is smaller.
+        """
+        budget = self.train_sampling.max_new_tokens
+        context = getattr(getattr(getattr(module, "policy", None), "config", None), "max_position_embeddings", None)
+        limit, why = self.max_prompt_tokens, "rollout.max_prompt_tokens"
+        if isinstance(context, int) and context > 0:
+            if context - budget < 1:
+                raise ConfigError(f"rollout.max_new_tokens={budget} leaves no room for the prompt in the model's "
+                                  f"context of {context} tokens (max_position_embeddings); lower it below {context}")
+            if limit is None or context - budget < limit:
+                limit, why = context - budget, f"model context {context} - rollout.max_new_tokens {budget}"
+        return limit, why
+
     def encode_prompts(self, module: RLModule, records: list[PromptRecord]) -> list[list[int]]:
         """Token ids of each prompt (through the chat template where the record asks for it)."""
         tokenizer = module.tokenizer
+        limit, why = self._prompt_limit(module)
         out = []
         for record in records:
             if record.chat:
@@ -152,12 +248,12 @@ class RolloutCallback(Callback):
                     ids = ids["input_ids"]
             else:
                 ids = tokenizer(record.prompt, add_special_tokens=True)["input_ids"]
-            if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
+            if limit is not None and len(ids) > limit:
                 self.prompts_truncated += 1
                 if self.prompts_truncated == 1:
-                    log.warning("a prompt of %d tokens was cut to its last %d (rollout.max_prompt_tokens); "
-                                "counted in rollout/prompts_truncated", len(ids), self.max_prompt_tokens)
-                ids = ids[-self.max_prompt_tokens :]
+                    log.warning("a prompt of %d tokens was cut to its last %d (%s); counted in "
+                                "rollout/prompts_truncated", len(ids), limit, why)
+                ids = ids[-limit:]
             out.append(list(ids))
         return out
 
@@ -214,6 +310,7 @@ class RolloutCallback(Callback):
             module.log("timing/generate", t_generate, **log_kw)
             module.log("timing/score", t_score, **log_kw)
             module.log("reward/errors", float(scored.errors), **log_kw)
+            module.log("reward/timeouts", float(scored.timeouts), **log_kw)
             module.log("rollout/prompts_truncated", float(self.prompts_truncated), **log_kw)
             tokens = float(c_mask.sum())
             module.log("timing/generated_tokens_per_s", tokens / max(t_generate, 1e-9), **log_kw)

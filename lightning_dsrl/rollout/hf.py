@@ -2,7 +2,8 @@
 
 Prompts are expanded ``n`` times and generated in chunks of ``generation_batch_size`` sequences
 with the KV cache; each chunk is left-padded to its own longest prompt only (on CPU a long
-padded prompt slows every decode step). Sampling uses a fresh ``GenerationConfig`` so that no
+padded prompt slows every decode step), and each prompt is prefilled once, its cache copied to
+its ``n`` samples. Sampling uses a fresh ``GenerationConfig`` so that no
 setting shipped with a hub model (repetition penalty, a default top-k of 50, ...) silently
 changes the distribution the objective assumes it sampled from.
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import GenerationConfig
+from torch import Tensor
+from transformers import DynamicCache, GenerationConfig
 
 from lightning_dsrl.rollout.engine import Generation, RolloutEngine, SamplingParams
 
@@ -39,12 +41,15 @@ class HFEngine(RolloutEngine):
     Args:
         generation_batch_size: sequences per ``generate`` call (prompts x samples); lower it to
             save memory, raise it on a GPU.
+        share_prompt_prefix: prefill each prompt once and copy its KV cache to its ``n`` samples
+            instead of prefilling every copy (same samples, less compute).
     """
 
-    def __init__(self, generation_batch_size: int = 64) -> None:
+    def __init__(self, generation_batch_size: int = 64, share_prompt_prefix: bool = True) -> None:
         if generation_batch_size < 1:
             raise ValueError("rollout.engine.generation_batch_size must be >= 1")
         self.generation_batch_size = generation_batch_size
+        self.share_prompt_prefix = share_prompt_prefix
         self.module: RLModule | None = None
 
     def bind(self, module: RLModule) -> None:
@@ -59,6 +64,34 @@ class HFEngine(RolloutEngine):
         return GenerationConfig(max_new_tokens=params.max_new_tokens, eos_token_id=eos, pad_token_id=pad,
                                 stop_strings=params.stop or None, use_cache=True, **sampling)
 
+    def _chunks(self, num_prompts: int, n: int) -> list[list[tuple[int, int]]]:
+        """Split ``num_prompts x n`` sequences into calls of at most ``generation_batch_size``
+        sequences, as ``(prompt index, copies)`` lists that keep a prompt's copies together."""
+        chunks: list[list[tuple[int, int]]] = [[]]
+        used = 0
+        for prompt in range(num_prompts):
+            left = n
+            while left:
+                if used == self.generation_batch_size:
+                    chunks.append([])
+                    used = 0
+                take = min(left, self.generation_batch_size - used)
+                chunks[-1].append((prompt, take))
+                used += take
+                left -= take
+        return chunks
+
+    def _prefill(self, model, input_ids: Tensor, attention: Tensor, copies: Tensor) -> DynamicCache | None:
+        """KV cache of every prompt but its last token, computed once and expanded to its copies."""
+        if not self.share_prompt_prefix or input_ids.shape[1] < 2 or int(copies.max()) < 2:
+            return None
+        cache = DynamicCache()
+        mask = attention[:, :-1]
+        model(input_ids=input_ids[:, :-1], attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+              past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.reorder_cache(torch.arange(len(copies), device=input_ids.device).repeat_interleave(copies))
+        return cache
+
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> Generation:
         if self.module is None:
@@ -67,29 +100,33 @@ class HFEngine(RolloutEngine):
         eos = eos_token_ids(tokenizer, model)
         pad = tokenizer.pad_token_id
         config = self._config(params, eos, pad)
-        expanded = [ids for ids in prompt_ids for _ in range(params.n)]
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
         token_ids: list[list[int]] = []
         finished: list[bool] = []
         try:
-            for start in range(0, len(expanded), self.generation_batch_size):
-                chunk = expanded[start : start + self.generation_batch_size]
-                width = max(len(ids) for ids in chunk)
-                input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                attention = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, ids in enumerate(chunk):
+            for chunk in self._chunks(len(prompt_ids), params.n):
+                prompts = [prompt_ids[i] for i, _ in chunk]
+                copies = torch.tensor([c for _, c in chunk], device=device)
+                width = max(len(ids) for ids in prompts)
+                input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+                attention = torch.zeros((len(prompts), width), dtype=torch.long)
+                for row, ids in enumerate(prompts):
                     input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                     attention[row, width - len(ids) :] = 1
+                input_ids, attention = input_ids.to(device), attention.to(device)
+                cache = self._prefill(model, input_ids, attention, copies)
                 out = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention.to(device),
+                    input_ids=input_ids.repeat_interleave(copies, dim=0),
+                    attention_mask=attention.repeat_interleave(copies, dim=0),
+                    past_key_values=cache,
                     generation_config=config,
                     tokenizer=tokenizer if params.stop else None,
                 )
-                for row in out[:, width:].tolist():
-                    ids, done = self._cut(row, set(eos), pad, params, tokenizer)
+                expanded = [ids for ids, (_, c) in zip(prompts, chunk) for _ in range(c)]
+                for prompt, row in zip(expanded, out[:, width:].tolist()):
+                    ids, done = self._cut(row, prompt, set(eos), pad, params, tokenizer)
                     token_ids.append(ids)
                     finished.append(done)
         finally:
@@ -97,22 +134,28 @@ class HFEngine(RolloutEngine):
         return Generation(token_ids=token_ids, finished=finished)
 
     @staticmethod
-    def _cut(row: list[int], eos: set[int], pad: int, params: SamplingParams, tokenizer) -> tuple[list[int], bool]:
-        """Strip the padding ``generate`` appends after a sequence stops; keep a generated EOS."""
+    def _cut(row: list[int], prompt: list[int], eos: set[int], pad: int, params: SamplingParams,
+             tokenizer) -> tuple[list[int], bool]:
+        """The generated tokens of one row without the padding ``generate`` appends after a
+        sequence stops, and whether it stopped (EOS or stop string) rather than ran out of budget.
+
+        ``generate`` matches stop strings against prompt + completion, so the check does too.
+        """
+
+        def stopped(ids: list[int]) -> bool:
+            text = tokenizer.decode(prompt + ids, skip_special_tokens=True)
+            return any(text.endswith(s) for s in params.stop)
+
         for i, token in enumerate(row):
             if token in eos:
                 # with pad == eos, an "EOS" right after a stop string is padding, not a generated token
-                if pad in eos and params.stop and _ends_with_stop(tokenizer, row[:i], params.stop):
+                if pad in eos and params.stop and stopped(row[:i]):
                     return row[:i], True
                 return row[: i + 1], True
-        end = len(row)
-        while end > 0 and row[end - 1] == pad:
-            end -= 1
-        ids = row[:end]
-        stopped = end < len(row) or (bool(params.stop) and _ends_with_stop(tokenizer, ids, params.stop))
-        return ids, stopped
-
-
-def _ends_with_stop(tokenizer, ids: list[int], stop: list[str]) -> bool:
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    return any(text.endswith(s) for s in stop)
+        if params.stop:
+            end = len(row)
+            while end > 0 and row[end - 1] == pad:
+                end -= 1
+            if stopped(row[:end]):
+                return row[:end], True
+        return row, False

@@ -1,0 +1,80 @@
+"""R1-zero-Div: GRPO plus a token-entropy bonus on correct samples only ([DIV], ALGORITHMS.md section 4).
+
+    D_i = (1/T_i) * sum_t [ -rho(i,t) * logp_new(i,t) ]            (estimator: sampled)
+    D_i = (1/T_i) * sum_t H(pi(.|s_{i,t}))                          (estimator: exact, full vocabulary)
+    L   = L_GRPO - lambda * (1/|P|) * sum_{i in P} D_i,      P = {i : correct_i}   (apply_to: positive)
+
+The sampled estimator is the importance-weighted entropy ``E_{a~pi_old}[-(pi/pi_old) log pi]``
+on the sampled tokens: cheap and differentiable, with per-token gradient ``-(1 + log pi)`` (at
+``rho = 1``), which raises the probability of tokens with ``pi < 1/e``. That is why the paper
+keeps it off incorrect samples (``apply_to: all`` is offered for ablation; the paper found it
+worse). ``|P|`` counts the positives of the whole minibatch, so micro-batch terms add up to the
+minibatch term; a minibatch without positives adds nothing. Paper setting: ``lambda = 0.01``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_dsrl import functional as F
+from lightning_dsrl.errors import ConfigError
+from lightning_dsrl.objectives.grpo import GRPO
+from lightning_dsrl.types import RolloutBatch
+
+__all__ = ["R1ZeroDiv"]
+
+
+class R1ZeroDiv(GRPO):
+    """Diversity-aware GRPO (Yao et al. 2025).
+
+    Args:
+        diversity_coef: lambda, the weight of the diversity term (>= 0; paper: 0.01).
+        apply_to: ``positive`` (correct completions only, the paper) or ``all``.
+        estimator: ``sampled`` (importance-weighted, from the sampled tokens) or ``exact``
+            (the full next-token entropy; computes a ``[n, L, V]`` softmax per micro-batch).
+        **kwargs: the GRPO options (``beta``, ``epsilon_low``, ...).
+    """
+
+    def __init__(
+        self,
+        diversity_coef: float = 0.01,
+        apply_to: str = "positive",
+        estimator: str = "sampled",
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if diversity_coef < 0:
+            raise ConfigError(f"model.objective.diversity_coef={diversity_coef}: must be >= 0 "
+                              "(for an entropy penalty use EntropyGRPO with a negative entropy_coef)")
+        if apply_to not in ("positive", "all"):
+            raise ConfigError(f"model.objective.apply_to={apply_to!r}: use positive or all")
+        if estimator not in ("sampled", "exact"):
+            raise ConfigError(f"model.objective.estimator={estimator!r}: use sampled or exact")
+        self.diversity_coef = float(diversity_coef)
+        self.apply_to = apply_to
+        self.estimator = estimator
+
+    @property
+    def needs_entropy(self) -> bool:
+        return self.estimator == "exact" and self.diversity_coef > 0
+
+    def extra_loss(self, batch: RolloutBatch, logp: Tensor, entropy: Tensor | None) -> Tensor | float:
+        if self.diversity_coef == 0:
+            return 0.0
+        mask = batch.completion_mask
+        used = batch.correct.bool() if self.apply_to == "positive" else torch.ones_like(batch.correct.bool())  # [n]
+        num_used = batch.total("correct") if self.apply_to == "positive" else batch.total("seqs")
+        self.metric("div/num_used", num_used)
+        if num_used == 0 or not used.any():
+            return 0.0
+        if self.estimator == "sampled":
+            diversity = F.sampled_entropy(logp, batch.logp_old, mask)  # [n]
+        else:
+            if entropy is None:
+                raise RuntimeError("R1ZeroDiv(estimator='exact') needs the token entropy: the module passes it "
+                                   "when objective.needs_entropy is true")
+            diversity = F.masked_mean(entropy, mask, dim=-1)  # [n]
+        self.metric("div/diversity", diversity[used].mean())
+        self.metric("div/term", -self.diversity_coef * diversity[used].mean())
+        return -self.diversity_coef * diversity[used].sum() / num_used

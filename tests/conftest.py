@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny Llama with the character tokenizer, saved like a hub model.
+
+Tests never touch the network (``HF_HUB_OFFLINE=1``) and write caches into a temp folder.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_tiny_model(path, seed: int = 0, hidden: int = 32, layers: int = 2) -> str:
+    """A random 2-layer Llama (~24k parameters) plus the character tokenizer, saved to ``path``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lightning_dsrl.char_tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("LIGHTNING_DSRL_CACHE", str(tmp_path_factory.getbasetemp() / "dsrl-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    """LightningCLI warns when pytest's own argv is present beside explicit args."""
+    monkeypatch.setattr("sys.argv", ["lightning_dsrl"])

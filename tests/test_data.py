@@ -1,0 +1,75 @@
+"""Tasks and the data module: seeded, disjoint splits, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightning_dsrl.data import AdditionTask, CountdownTask, PromptDataModule
+from lightning_dsrl.data.countdown import solve
+from lightning_dsrl.errors import ConfigError
+from lightning_dsrl.rewards.countdown import check
+from lightning_dsrl.types import PromptBatch
+
+
+def small_countdown(**kw) -> CountdownTask:
+    args = dict(num_numbers=3, max_number=10, num_train=40, num_val=10, seed=1)
+    args.update(kw)
+    return CountdownTask(**args)
+
+
+def test_countdown_is_seeded_and_splits_are_disjoint():
+    a, b = small_countdown(), small_countdown()
+    assert [r.prompt for r in a.records("train")] == [r.prompt for r in b.records("train")]
+    assert [r.prompt for r in small_countdown(seed=2).records("train")] != [r.prompt for r in a.records("train")]
+    key = lambda r: (tuple(sorted(r.meta["numbers"])), r.meta["target"])  # noqa: E731
+    train = {key(r) for r in a.records("train")}
+    val = {key(r) for r in a.records("val")}
+    assert len(train) == 40 and len(val) == 10 and not train & val
+
+
+def test_every_countdown_problem_is_solvable_with_enough_solutions():
+    task = small_countdown(min_solutions=2)
+    for record in task.records("train") + task.records("val"):
+        numbers, target = record.meta["numbers"], record.meta["target"]
+        assert record.meta["num_solutions"] >= 2
+        assert check(f"<answer>{record.answer}</answer>", numbers, target)
+        assert record.prompt == f"Numbers: {' '.join(map(str, numbers))}\nTarget: {target}\n"
+
+
+def test_solve_counts_distinct_solutions_up_to_reordering():
+    # 2 and 3: 2+3=5, 2*3=6, 3-2=1, 3/2 not integral; target 6 has one normal form despite 3*2
+    assert solve((2, 3), 1, 10) == {1: ("3-2",), 5: ("2+3",), 6: ("2*3",)}
+
+
+def test_templates_and_bad_settings():
+    task = small_countdown(template="tinyzero")
+    assert "<answer>" in task.records("train")[0].prompt
+    custom = small_countdown(template="{numbers_list} -> {target}")
+    assert custom.records("train")[0].prompt.startswith("[")
+    with pytest.raises(ConfigError, match="template"):
+        small_countdown(template="{nums} {target}")
+    with pytest.raises(ConfigError, match="only .* distinct CountDown problems"):
+        CountdownTask(num_numbers=2, max_number=3, num_train=100, num_val=10).records("train")
+
+
+def test_addition_task():
+    task = AdditionTask(num_train=20, num_val=5, seed=3)
+    record = task.records("val")[0]
+    a, b = record.meta["terms"]
+    assert 10 <= a <= 99 and record.answer == str(a + b) and f"{a} + {b}" in record.prompt
+    with pytest.raises(ConfigError, match="question"):
+        AdditionTask(template="no placeholder")
+
+
+def test_datamodule_batches_and_empty_splits():
+    dm = PromptDataModule(small_countdown(), batch_size=8, seed=0)
+    batch = next(iter(dm.train_dataloader()))
+    assert isinstance(batch, PromptBatch) and len(batch) == 8 and batch.rollout is None
+    again = next(iter(PromptDataModule(small_countdown(), batch_size=8, seed=0).train_dataloader()))
+    assert [r.uid for r in batch.records] == [r.uid for r in again.records]  # seeded shuffle
+    assert len(next(iter(dm.val_dataloader()))) == 8
+    empty = PromptDataModule(small_countdown(num_val=0), batch_size=4)
+    with pytest.raises(ConfigError, match="no val prompts.*num_val"):
+        empty.val_dataloader()
+    with pytest.raises(ConfigError, match="batch_size"):
+        PromptDataModule(small_countdown(), batch_size=0)

@@ -1,0 +1,136 @@
+"""HF engine and rollout callback on the tiny model: shapes, EOS, padding, stop strings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_dsrl.data import CountdownTask
+from lightning_dsrl.errors import ConfigError
+from lightning_dsrl.module import RLModule
+from lightning_dsrl.rewards import CountdownReward, FormatReward
+from lightning_dsrl.rollout import HFEngine, RolloutCallback, SamplingParams
+from lightning_dsrl.rollout.callback import pad_left, pad_right
+from lightning_dsrl.types import PromptBatch
+
+
+@pytest.fixture(scope="module")
+def module(tiny_model_dir):
+    m = RLModule(name_or_path=tiny_model_dir)
+    m.configure_model()
+    return m
+
+
+def test_padding_helpers():
+    ids, mask = pad_left([[1, 2], [3]], pad=0)
+    assert ids.tolist() == [[1, 2], [0, 3]] and mask.tolist() == [[True, True], [False, True]]
+    ids, mask = pad_right([[1, 2], [], [3]], pad=0)
+    assert ids.tolist() == [[1, 2], [0, 0], [3, 0]] and mask.sum(-1).tolist() == [2, 0, 1]
+
+
+def test_engine_returns_n_grouped_completions_cut_at_eos(module):
+    engine = HFEngine(generation_batch_size=5)  # not a multiple of n: chunks cross group borders
+    engine.bind(module)
+    prompts = [module.tokenizer("Numbers: 1 2 3\nTarget: 6\n")["input_ids"], module.tokenizer("ab")["input_ids"]]
+    torch.manual_seed(0)
+    gen = engine.generate(prompts, SamplingParams(n=3, temperature=1.0, max_new_tokens=12))
+    assert len(gen.token_ids) == 6 and len(gen.finished) == 6
+    eos = module.tokenizer.eos_token_id
+    for ids, finished in zip(gen.token_ids, gen.finished):
+        assert 1 <= len(ids) <= 12
+        if finished:  # stopped by EOS: kept as the last token, nothing after it
+            assert ids.index(eos) == len(ids) - 1
+        else:  # ran out of budget: the whole budget, no EOS
+            assert len(ids) == 12 and eos not in ids
+    assert module.policy.training  # the engine restores train mode
+
+
+def test_cut_strips_padding_after_eos_and_stop_strings(module):
+    tok = module.tokenizer
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    cut = HFEngine._cut
+    params = SamplingParams(max_new_tokens=6)
+    a, b = tok("ab")["input_ids"]
+    assert cut([a, b, eos, pad, pad, pad], [a], {eos}, pad, params, tok) == ([a, b, eos], True)
+    assert cut([a, pad, b, a, b, a], [a], {eos}, pad, params, tok) == ([a, pad, b, a, b, a], False)
+    stop = SamplingParams(max_new_tokens=6, stop=["ba"])
+    assert cut([b, a, pad, pad, pad, pad], [a], {eos}, pad, stop, tok) == ([b, a], True)
+    # the pad == eos case: the first "EOS" after a stop string is padding
+    assert cut([b, a, eos, eos], [a], {eos}, eos, stop, tok) == ([b, a], True)
+    assert cut([b, b, eos, eos], [a], {eos}, eos, stop, tok) == ([b, b, eos], True)
+
+
+def test_chunks_keep_copies_together_and_respect_the_batch_size():
+    engine = HFEngine(generation_batch_size=5)
+    assert engine._chunks(3, 2) == [[(0, 2), (1, 2), (2, 1)], [(2, 1)]]
+    assert engine._chunks(1, 12) == [[(0, 5)], [(0, 5)], [(0, 2)]]
+
+
+def test_shared_prefill_gives_the_same_greedy_completions(module):
+    prompts = [module.tokenizer(text)["input_ids"] for text in ("Numbers: 1 2 3\nTarget: 6\n", "ab", "xyz12")]
+    outs = []
+    for share in (False, True):
+        engine = HFEngine(generation_batch_size=4, share_prompt_prefix=share)
+        engine.bind(module)
+        outs.append(engine.generate(prompts, SamplingParams(n=3, max_new_tokens=10, greedy=True)).token_ids)
+    assert outs[0] == outs[1]
+
+
+def test_greedy_is_deterministic(module):
+    engine = HFEngine()
+    engine.bind(module)
+    prompt = [module.tokenizer("xyz")["input_ids"]]
+    a = engine.generate(prompt, SamplingParams(n=2, max_new_tokens=8, greedy=True))
+    b = engine.generate(prompt, SamplingParams(n=1, max_new_tokens=8, greedy=True))
+    assert a.token_ids[0] == a.token_ids[1] == b.token_ids[0]
+
+
+def test_stop_strings_end_completions(module):
+    engine = HFEngine()
+    engine.bind(module)
+    prompt_text = "Numbers: 4"
+    prompt = [module.tokenizer(prompt_text)["input_ids"]]
+    free = engine.generate(prompt, SamplingParams(n=1, max_new_tokens=20, greedy=True))
+    text = module.tokenizer.decode(free.token_ids[0], skip_special_tokens=True)
+    stop = text[4:6]  # two characters the greedy continuation is known to produce
+    stopped = engine.generate(prompt, SamplingParams(n=1, max_new_tokens=20, greedy=True, stop=[stop]))
+    out = module.tokenizer.decode(stopped.token_ids[0], skip_special_tokens=True)
+    # generate matches stop strings on prompt + completion, one character per token here
+    expected_end = max(1, (prompt_text + text).find(stop) + len(stop) - len(prompt_text))
+    assert out == text[:expected_end] and stopped.finished[0]
+
+
+def test_callback_builds_a_scored_rollout_batch(module):
+    task = CountdownTask(num_numbers=3, max_number=10, num_train=8, num_val=2)
+    records = task.records("train")[:3]
+    callback = RolloutCallback(rewards=[CountdownReward(), FormatReward(weight=0.1)], num_generations=4,
+                               max_new_tokens=10)
+    torch.manual_seed(0)
+    rollout = callback.rollout(module, PromptBatch(records), callback.train_sampling, log_prefix=None)
+    n = 12
+    assert rollout.num_samples == n and rollout.num_groups == 3
+    assert rollout.group_ids.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert rollout.prompt_ids.shape[0] == n and rollout.completion_ids.shape == rollout.completion_mask.shape
+    assert rollout.completion_ids.shape[1] <= 10
+    assert rollout.rewards.shape == rollout.correct.shape == rollout.truncated.shape == (n,)
+    assert rollout.rewards.dtype == torch.float32 and rollout.correct.dtype == torch.bool
+    # every prompt row is left-padded: its mask ends with True; completions are right-padded
+    assert rollout.prompt_mask[:, -1].all()
+    lengths = rollout.completion_mask.sum(-1)
+    for i in range(n):
+        assert rollout.completion_mask[i, : lengths[i]].all() and not rollout.completion_mask[i, lengths[i]:].any()
+        assert bool(rollout.truncated[i]) == (lengths[i] == 10 and module.tokenizer.eos_token_id
+                                              not in rollout.completion_ids[i].tolist())
+    assert rollout.records[5] is records[1] and rollout.prompts[5] == records[1].prompt
+    assert set(rollout.reward_parts) == {"countdown", "format"}
+    assert rollout.temperature == 1.0 and rollout.max_new_tokens == 10
+
+
+def test_callback_truncates_long_prompts_and_rejects_bad_settings(module):
+    callback = RolloutCallback(rewards=[FormatReward()], max_prompt_tokens=4)
+    ids = callback.encode_prompts(module, CountdownTask(num_train=2, num_val=1, max_number=10).records("train"))
+    assert all(len(i) == 4 for i in ids) and callback.prompts_truncated == 2
+    with pytest.raises(ConfigError, match="rewards is empty"):
+        RolloutCallback(rewards=[])
+    with pytest.raises(ConfigError, match="temperature"):
+        RolloutCallback(rewards=[FormatReward()], temperature=0)
