@@ -39,8 +39,21 @@ def _fit_two_steps(config: str, save_dir: Path) -> None:
 
 
 def test_default_config_fits_two_steps(tmp_path):
-    torch.set_num_threads(1)
-    _fit_two_steps("ds_grpo.yaml", tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _fit_two_steps("ds_grpo.yaml", tmp_path)
+        assert torch.get_num_threads() == 1  # model.cpu_threads: 1 in the config
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_cpu_threads_must_be_positive():
+    from lightning_dsrl.errors import ConfigError
+    from lightning_dsrl.module import RLModule
+
+    with pytest.raises(ConfigError, match="model.cpu_threads=0 must be >= 1"):
+        RLModule(cpu_threads=0)
 
 
 @pytest.mark.slow
