@@ -27,6 +27,8 @@ from pathlib import Path
 
 from jsonargparse import lazy_instance
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks.progress import ProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -37,6 +39,7 @@ from lightning_dsrl.cli_errors import check_config_files, explain_parse_error
 from lightning_dsrl.data.datamodule import PromptDataModule
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.module import RLModule
+from lightning_dsrl.progress import StepProgressBar
 from lightning_dsrl.rollout.callback import RolloutCallback
 
 __all__ = ["DSRLCLI", "check_ckpt_path"]
@@ -125,6 +128,11 @@ class DSRLCLI(LightningCLI):
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs.setdefault("plugins", [*plugins, SafeCheckpointIO()])
+        callbacks = config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        if config.get("enable_progress_bar", True) is not False and not any(
+                isinstance(c, ProgressBar) for c in callbacks) and _RICH_AVAILABLE:
+            kwargs.setdefault("callbacks", [*callbacks, StepProgressBar()])
         overwrite = bool(self._get(self.config_init, "overwrite_run_dir", default=False))
         self.save_config_kwargs["overwrite"] = overwrite
         trainer = super().instantiate_trainer(**kwargs)

@@ -104,3 +104,16 @@ def test_mistakes_end_in_one_clear_message(tmp_path, tiny_model_dir, capsys, arg
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_progress_bar_counts_steps(tmp_path, tiny_model_dir):
+    from lightning_dsrl.progress import StepProgressBar
+
+    cli = DSRLCLI(args=small_run(tmp_path, tiny_model_dir, "--trainer.max_steps", "128",
+                                 "--trainer.enable_progress_bar", "true"), run=False)
+    bars = [c for c in cli.trainer.callbacks if isinstance(c, StepProgressBar)]
+    assert len(bars) == 1  # replaces Lightning's default bar, not added beside it
+    bars[0]._trainer = cli.trainer  # what the bar's setup() does when fit starts
+    assert bars[0]._get_train_description(3).startswith("Step 0/128 · epoch 3")  # was "Epoch 3/-2"
+    quiet = DSRLCLI(args=small_run(tmp_path, tiny_model_dir, "--overwrite_run_dir", "true"), run=False)
+    assert not any(isinstance(c, StepProgressBar) for c in quiet.trainer.callbacks)
