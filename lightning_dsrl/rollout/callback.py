@@ -150,6 +150,15 @@ class RolloutCallback(Callback):
         self.prompts_truncated = 0
 
     # ------------------------------------------------------------------ hooks
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        from lightning_dsrl import sharding
+
+        policy = getattr(pl_module, "policy", None)
+        if self.dynamic_sampling and trainer.world_size > 1 and policy is not None and sharding.is_sharded(policy):
+            # refill rounds differ between ranks, and with a sharded policy every generation is a collective
+            raise ConfigError(f"rollout.dynamic_sampling=true with a sharded policy over {trainer.world_size} processes "
+                              "(trainer.strategy FSDP) would hang: use trainer.strategy: ddp, or dynamic_sampling: false")
+
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         rollout = self.rollout(pl_module, batch, self.train_sampling, log_prefix="train")
         if self.dynamic_sampling:

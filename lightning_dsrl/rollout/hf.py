@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache, GenerationConfig
 
+from lightning_dsrl import sharding
 from lightning_dsrl.rollout.engine import Generation, RolloutEngine, SamplingParams
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ class HFEngine(RolloutEngine):
         pad = tokenizer.pad_token_id
         config = self._config(params, eos, pad)
         device = next(model.parameters()).device
+        synced = sharding.is_sharded(model) and sharding.world_size() > 1
         was_training = model.training
         model.eval()
         token_ids: list[list[int]] = []
@@ -123,6 +125,8 @@ class HFEngine(RolloutEngine):
                     past_key_values=cache,
                     generation_config=config,
                     tokenizer=tokenizer if params.stop else None,
+                    # sharded policy: every decode step is a collective, so all ranks step until the last is done
+                    synced_gpus=synced,
                 )
                 expanded = [ids for ids, (_, c) in zip(prompts, chunk) for _ in range(c)]
                 for prompt, row in zip(expanded, out[:, width:].tolist()):
