@@ -41,6 +41,7 @@ __all__ = [
     "global_totals",
     "is_fsdp1",
     "is_sharded",
+    "max_over_ranks",
     "passes_on_all_ranks",
     "shard_fsdp2",
     "sum_over_ranks",
@@ -201,6 +202,14 @@ def passes_on_all_ranks(count: int, device: torch.device) -> int:
     value = torch.tensor([count], dtype=torch.long, device=device)
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
     return int(value.item())
+
+
+def max_over_ranks(value: float, device: torch.device) -> float:
+    """The largest ``value`` over all ranks (NaN if any rank has NaN)."""
+    if world_size() == 1:
+        return value
+    values = torch.tensor(all_gather_objects(float(value)), dtype=torch.float64)
+    return float(values.max())
 
 
 def global_totals(totals: dict[str, float], device: torch.device) -> dict[str, float]:
