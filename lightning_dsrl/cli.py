@@ -128,7 +128,16 @@ class DSRLCLI(LightningCLI):
             kwargs.setdefault("plugins", [*plugins, SafeCheckpointIO()])
         overwrite = bool(self._get(self.config_init, "overwrite_run_dir", default=False))
         self.save_config_kwargs["overwrite"] = overwrite
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except ValueError as err:
+            if "invalid strategy name" not in str(err):
+                raise
+            from lightning.pytorch.strategies import StrategyRegistry
+
+            raise ConfigError(f"trainer.strategy={config.get('strategy')!r} is not a strategy Lightning knows; use one of "
+                              f"{', '.join(sorted(StrategyRegistry))} (e.g. ddp, or fsdp2 / configs/fsdp.yaml), or a "
+                              "class_path") from err
         if not overwrite and rank_zero_only.rank == 0:
             _refuse_existing_run_dirs(trainer)
         return trainer

@@ -73,3 +73,14 @@ def test_two_processes_equal_one_process(strategy, single, tiny_model_dir, tmp_p
     assert float((one_weights["model.norm.weight"] - initial["model.norm.weight"]).abs().min()) > 1e-3
     for name, tensor in weights.items():
         torch.testing.assert_close(tensor, one_weights[name], rtol=1e-4, atol=2e-5, msg=name)
+
+
+def test_unknown_strategy_is_one_config_error(tmp_path, tiny_model_dir, capsys):
+    from lightning_dsrl.__main__ import cli_main
+
+    root = Path(__file__).resolve().parents[1]
+    with pytest.raises(SystemExit) as info:
+        cli_main(["fit", "--config", str(root / "configs/ds_grpo.yaml"), "--model.name_or_path", tiny_model_dir,
+                  "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.strategy", "fsdp3"])
+    assert info.value.code == 2
+    assert "error: trainer.strategy='fsdp3' is not a strategy Lightning knows; use one of" in capsys.readouterr().err

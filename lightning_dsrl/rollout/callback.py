@@ -165,6 +165,9 @@ class RolloutCallback(Callback):
         self.prompts_truncated = 0
 
     # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.engine.check()  # e.g. VLLMEngine without vLLM or without a GPU: before the model loads
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         from lightning_dsrl import sharding
 

@@ -52,6 +52,9 @@ class RolloutEngine:
 
     owns_weights: bool = False
 
+    def check(self) -> None:
+        """Fail early, with a ``ConfigError``, when the engine cannot run here (called when training starts)."""
+
     def bind(self, module: RLModule) -> None:
         """Attach to the module's policy and tokenizer (called once the models exist)."""
         raise NotImplementedError
