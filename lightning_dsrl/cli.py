@@ -121,6 +121,10 @@ class DSRLCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self.subcommand in ("validate", "test"):  # before the model loads, not after
             check_ckpt_path(self.config[self.subcommand].get("ckpt_path"))
+        if self.subcommand == "fit":
+            config = self.config["fit"]
+            config["ckpt_path"] = resolve_last(config)
+            check_ckpt_path(config.get("ckpt_path"))
 
     def instantiate_trainer(self, **kwargs):
         config = self._get(self.config_init, "trainer", default={}) or {}
@@ -135,10 +139,42 @@ class DSRLCLI(LightningCLI):
             kwargs.setdefault("callbacks", [*callbacks, StepProgressBar()])
         overwrite = bool(self._get(self.config_init, "overwrite_run_dir", default=False))
         self.save_config_kwargs["overwrite"] = overwrite
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except ValueError as err:
+            if "invalid strategy name" not in str(err):
+                raise
+            from lightning.pytorch.strategies import StrategyRegistry
+
+            raise ConfigError(f"trainer.strategy={config.get('strategy')!r} is not a strategy Lightning knows; use one of "
+                              f"{', '.join(sorted(StrategyRegistry))} (e.g. ddp, or fsdp2 / configs/fsdp.yaml), or a "
+                              "class_path") from err
         if not overwrite and rank_zero_only.rank == 0:
             _refuse_existing_run_dirs(trainer)
         return trainer
+
+
+def resolve_last(config) -> str | None:
+    """``fit --ckpt_path last``: the newest ``last.ckpt`` of this config's earlier runs
+    (``<save_dir>/<name>/version_*/checkpoints/``), so that a killed run resumes into a new version
+    directory with its step count, optimizer, RNG and data position. Lightning's own lookup of
+    ``last`` only searches the new run's empty directory; with an explicit ``checkpoint.dirpath``
+    it is left to Lightning."""
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path != "last" or (config.get("checkpoint") or {}).get("dirpath"):
+        return ckpt_path
+    logger = (config.get("trainer") or {}).get("logger")
+    init = getattr(logger, "init_args", None) or {}
+    save_dir, name = init.get("save_dir") if init else None, init.get("name", "lightning_dsrl") if init else None
+    if not save_dir:
+        raise ConfigError("--ckpt_path last: cannot tell where earlier runs are without trainer.logger.init_args."
+                          "save_dir; give the checkpoint file, e.g. --ckpt_path runs/<name>/version_0/checkpoints/last.ckpt")
+    root = Path(save_dir) / (name or "")
+    found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"--ckpt_path last: no earlier run of this config left a checkpoint ({root}/version_*/"
+                          "checkpoints/last.ckpt); leave --ckpt_path out to start, or give a checkpoint file")
+    return str(found[-1])
 
 
 def _refuse_existing_run_dirs(trainer) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "kl_k3",
     "clipped_policy_loss",
     "clip_fraction",
+    "truncated_is_weights",
     "aggregate",
     "token_logprobs",
     "entropy_from_logits",
@@ -175,6 +176,22 @@ def clip_fraction(
     ratio = torch.exp(logp - logp_old)
     clipped = ((ratio > 1.0 + epsilon_high) & (adv > 0)) | ((ratio < 1.0 - epsilon_low) & (adv < 0))
     return masked_mean(clipped.float(), mask)
+
+
+def truncated_is_weights(logp_old: Tensor, sampler_logp: Tensor, cap: float) -> Tensor:
+    """Truncated importance weights for the rollout engine's mismatch with the trainer, ``[N, L]``
+    (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training"):
+
+        w = min(pi_old / pi_sampler, C) = min(exp(logp_old - sampler_logp), C)
+
+    ``pi_old`` is the trainer's log-prob of the sampled token, ``pi_sampler`` the engine's (vLLM's
+    kernels, precision and sampler differ from the trainer's); the weight multiplies the
+    policy-gradient term and carries no gradient.
+
+    >>> truncated_is_weights(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, -2.0]]), 2.0)
+    tensor([[1., 2.]])
+    """
+    return torch.exp(logp_old.detach() - sampler_logp).clamp(max=cap)
 
 
 def aggregate(

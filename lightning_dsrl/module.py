@@ -40,6 +40,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from lightning_dsrl import functional as F
+from lightning_dsrl import sharding
 from lightning_dsrl.errors import ConfigError, TrainingError
 from lightning_dsrl.logprobs import completion_logits
 from lightning_dsrl.metrics import EvalReport, RolloutMetrics, zero_signal_fraction
@@ -47,6 +48,7 @@ from lightning_dsrl.metrics.plot import figure_to_array
 from lightning_dsrl.metrics.report import format_table, sample_rows, write_eval
 from lightning_dsrl.models import DEFAULT_MODEL, LoraSpec, ModelSpec, apply_lora, load_model, load_tokenizer
 from lightning_dsrl.objectives import GRPO, Objective
+from lightning_dsrl.resume import check_shapes, module_state, restore_module_state
 from lightning_dsrl.types import PromptBatch, RolloutBatch
 
 __all__ = ["RLModule"]
@@ -92,6 +94,10 @@ class RLModule(LightningModule):
             one per core). A tiny model runs fastest on 1: its matrices are too small to split, and
             threads that spin-wait for each other slow down sharply on a busy machine (measured in
             the README: 256 CountDown rollouts took 2 s on one thread, 37 s on two, on 2 busy cores).
+        tis_cap: truncated importance sampling for the engine/trainer mismatch (vLLM): the policy-gradient
+            term of each token is weighted by ``min(pi_old / pi_sampler, tis_cap)``, from the engine's own
+            log-probs (``null``: off; needs an engine that reports them). ``rollout/logprob_diff`` logs the
+            mismatch whenever the engine reports log-probs.
     """
 
     def __init__(
@@ -120,6 +126,7 @@ class RLModule(LightningModule):
         val_confidence: float = 0.95,
         train_self_bleu: bool = True,
         cpu_threads: int | None = None,
+        tis_cap: float | None = None,
     ) -> None:
         super().__init__()
         if ppo_epochs < 1 or minibatches < 1 or micro_batch_size < 1:
@@ -130,6 +137,8 @@ class RLModule(LightningModule):
             raise ConfigError(f"model.learning_rate={learning_rate} must be > 0")
         if lr_schedule not in ("constant", "linear", "cosine"):
             raise ConfigError(f"model.lr_schedule={lr_schedule!r}: use constant, linear or cosine")
+        if tis_cap is not None and not tis_cap >= 1.0:
+            raise ConfigError(f"model.tis_cap={tis_cap}: the importance-weight cap must be >= 1 (e.g. 2.0), or null")
         if val_bootstrap < 0 or not 0 < val_confidence < 1:
             raise ConfigError(f"model.val_bootstrap={val_bootstrap} must be >= 0 and model.val_confidence="
                               f"{val_confidence} in (0, 1), e.g. 1000 and 0.95")
@@ -152,6 +161,7 @@ class RLModule(LightningModule):
         self.max_nonfinite_steps = max_nonfinite_steps
         self.log_samples_every_n_steps = log_samples_every_n_steps
         self.share_prompt_prefix = share_prompt_prefix
+        self.tis_cap = tis_cap
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints leave out the frozen reference model
         self.policy = None
@@ -166,6 +176,7 @@ class RLModule(LightningModule):
         self._zero_signal_steps = 0
         self._rollouts_seen = 0
         self._shuffle = torch.Generator().manual_seed(0)
+        self._logprob_diff: list[float] = [0.0, 0.0]  # sum of |logp_old - sampler_logp| over tokens, token count
 
     # ------------------------------------------------------------------ models
     def configure_model(self) -> None:
@@ -177,6 +188,25 @@ class RLModule(LightningModule):
             self.policy = apply_lora(self.policy, self.lora)  # the reference: the same model, adapters off
         elif self.objective.needs_reference:
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        self._shard_models()
+
+    def _shard_models(self) -> None:
+        """FSDP2 (``FSDP2Strategy``/``ModelParallelStrategy``) or FSDP1 (``FSDPStrategy``): shard the policy
+        and the reference here, as Lightning expects (see :mod:`lightning_dsrl.sharding`); DDP needs nothing."""
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        models = [m for m in (self.policy, self.reference) if m is not None]
+        if isinstance(strategy, ModelParallelStrategy):
+            if strategy.device_mesh["tensor_parallel"].size() != 1:
+                raise ConfigError("trainer.strategy: tensor parallelism of the policy is not supported; use "
+                                  "FSDP2Strategy (data_parallel over every device, tensor_parallel_size 1)")
+            for model in models:
+                sharding.shard_fsdp2(model, strategy.device_mesh["data_parallel"])
+        elif isinstance(strategy, FSDPStrategy):
+            self.policy = sharding.wrap_fsdp1(self.policy, strategy)
+            if self.reference is not None:
+                self.reference = sharding.wrap_fsdp1(self.reference, strategy)
 
     def setup(self, stage: str) -> None:
         from lightning_dsrl.rollout.callback import (
@@ -212,6 +242,7 @@ class RLModule(LightningModule):
         # what scripts/export_merged.py needs to rebuild the model (plain types only)
         checkpoint["model_spec"] = dataclasses.asdict(self.spec)
         checkpoint["lora"] = dataclasses.asdict(self.lora) if self.lora is not None else None
+        checkpoint["resume_state"] = module_state(self)  # RNG states of every rank, counters (exact resume)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # loading is not strict (the reference, and with LoRA the base weights, are absent), so a
@@ -221,6 +252,8 @@ class RLModule(LightningModule):
             raise ConfigError(f"the checkpoint was trained {trained} LoRA but model.lora is "
                               f"{'set' if self.lora is not None else 'null'}; use the run's own config "
                               "(its config.yaml) with --ckpt_path")
+        check_shapes(self, checkpoint.get("state_dict", {}))
+        restore_module_state(self, checkpoint.get("resume_state"))
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -252,7 +285,10 @@ class RLModule(LightningModule):
         Logits exist for completion positions only, one micro-batch at a time, and the prompt
         of a group runs once (see :mod:`lightning_dsrl.logprobs`). Padded positions are zero.
         """
-        logits = completion_logits(model, batch, self.share_prompt_prefix)  # [n, L, V], one micro-batch only
+        # a sharded model frees its gathered weights after each forward, which the backward of the shared
+        # prompt pass (two forwards in one graph) still needs: the plain path there (sharding.py)
+        share = self.share_prompt_prefix and not (torch.is_grad_enabled() and sharding.is_sharded(model))
+        logits = completion_logits(model, batch, share)  # [n, L, V], one micro-batch only
         # float32 before the temperature: dividing bf16 logits rounds them to 8 bits of mantissa
         logits = logits.float()
         if batch.temperature != 1.0:
@@ -265,15 +301,24 @@ class RLModule(LightningModule):
             token_entropy = F.entropy_from_logits(logits).masked_fill(~mask, 0.0)
         return logp, token_entropy
 
+    def _micro_indices(self, num_samples: int) -> list[tuple[Tensor, bool]]:
+        """Index ranges of consecutive micro-batches, each with whether it is real; padded with repeats of
+        the last range (``False``: run and discard) so every rank runs as many passes as the longest rank
+        (a sharded forward is a collective, see :mod:`lightning_dsrl.sharding`)."""
+        ranges = [(torch.arange(s, min(s + self.micro_batch_size, num_samples)), True)
+                  for s in range(0, num_samples, self.micro_batch_size)]
+        extra = sharding.passes_on_all_ranks(len(ranges), self.device) - len(ranges)
+        return ranges + [(ranges[-1][0], False)] * extra
+
     @torch.no_grad()
     def _fixed_logprobs(self, model, rollout: RolloutBatch) -> Tensor:
         """``[N, L]`` log-probs without gradient, micro-batch by micro-batch."""
         out = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32, device=rollout.completion_ids.device)
-        for start in range(0, rollout.num_samples, self.micro_batch_size):
-            index = torch.arange(start, min(start + self.micro_batch_size, rollout.num_samples))
+        for index, real in self._micro_indices(rollout.num_samples):
             micro = rollout.select(index).trim()
             logp, _ = self.completion_logprobs(model, micro)
-            out[index.to(out.device), : logp.shape[1]] = logp
+            if real:
+                out[index.to(out.device), : logp.shape[1]] = logp
         return out
 
     def reference_logprobs(self, rollout: RolloutBatch) -> Tensor:
@@ -330,23 +375,35 @@ class RLModule(LightningModule):
         sums: dict[str, float] = defaultdict(float)
         weights: dict[str, float] = defaultdict(float)
         generator = self._shuffle if self.minibatches > 1 else None
+        self._logprob_diff = [0.0, 0.0]
         for epoch in range(self.ppo_epochs):
             for minibatch in rollout.minibatches(self.minibatches, generator):
                 finite = True
-                for micro in minibatch.micro_batches(self.micro_batch_size):
+                # with more than one process: the sizes of the minibatch over all ranks (exact data parallelism)
+                minibatch.totals = sharding.global_totals(minibatch._own_totals(), self.device)
+                micros = minibatch.micro_batches(self.micro_batch_size)
+                extra = sharding.passes_on_all_ranks(len(micros), self.device) - len(micros)
+                for position, micro in enumerate(micros + micros[-1:] * extra):
+                    real = position < len(micros)  # False: a pass that only keeps the ranks' collectives in step
                     micro = micro.trim()
                     mode = "grad" if self.objective.needs_entropy else "detached"
                     logp, entropy = self.completion_logprobs(self.policy, micro, mode)
                     if micro.logp_old is None:
                         micro.logp_old = logp.detach()  # rho == 1 in value, the gradient of logp remains
+                    self._sampler_correction(micro, count=real and epoch == 0)
                     out = self.objective(micro, logp, entropy)
                     # backward even on a non-finite loss: under DDP every rank must run the same
                     # collectives; the step is dropped below
-                    self.manual_backward(out.loss)
+                    self.manual_backward(out.loss if real else out.loss * 0.0)
+                    if not real:
+                        continue
                     if not torch.isfinite(out.loss):
                         finite = False
                         continue
                     weight = float(micro.num_samples)
+                    sums["loss"] += float(out.loss.detach())  # micro shares add up to the minibatch's value
+                    if "policy_loss" in out.metrics:
+                        sums["policy_loss"] += float(out.metrics.pop("policy_loss"))
                     for name, value in out.metrics.items():
                         sums[name] += float(value) * weight
                         weights[name] += weight
@@ -365,14 +422,30 @@ class RLModule(LightningModule):
                         optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
-        return {name: sums[name] / weights[name] for name in sums if weights[name] > 0}
+        # rank r's minibatch loss is W S_r / T (see sharding.global_totals): over ranks they add up to W times the loss
+        weights.update(dict.fromkeys(_LOSS_SHARES, float(self.ppo_epochs * self.minibatches)))
+        # sample-weighted means over every rank's micro-batches (the loss: the global minibatch loss)
+        sums, weights = sharding.sum_over_ranks(sums, self.device), sharding.sum_over_ranks(weights, self.device)
+        return {name: sums[name] / weights[name] for name in sums if weights.get(name, 0) > 0}
+
+    def _sampler_correction(self, micro: RolloutBatch, count: bool) -> None:
+        """With engine log-probs (``sampler_logp``): accumulate ``rollout/logprob_diff`` and, with
+        ``tis_cap``, set the truncated importance weights the objective applies."""
+        if micro.sampler_logp is None:
+            return
+        mask = micro.completion_mask
+        if count:
+            self._logprob_diff[0] += float(((micro.logp_old - micro.sampler_logp).abs() * mask).sum())
+            self._logprob_diff[1] += float(mask.sum())
+        if self.tis_cap is not None:
+            micro.is_weights = F.truncated_is_weights(micro.logp_old, micro.sampler_logp, self.tis_cap) * mask
 
     def _clip_gradients(self) -> float:
-        params = [p for p in self.policy.parameters() if p.grad is not None]
-        if not params:
-            return 0.0
         max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if sharding.is_fsdp1(self.policy):
+            return sharding.clip_grad_norm_fsdp1(self.policy, max_norm)  # FSDP1: its own collective clip
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        return sharding.clip_grad_norm(params, max_norm)  # plain, DDP or FSDP2 (DTensor) gradients
 
     def _on_all_ranks(self, ok: bool) -> bool:
         """``ok`` and-reduced over ranks, so that every rank steps or skips together."""
@@ -401,15 +474,19 @@ class RLModule(LightningModule):
         self.train_metrics.update(rollout)  # the token entropy was added during the update
         report = self.train_metrics.compute()
         self.train_metrics.reset()
-        lengths = rollout.completion_mask.sum(-1).float()
-        correct_rate = float(rollout.correct.float().mean())
+        # per-completion values of every rank's rollout, so that the statistics are over all ranks' samples
+        rows = torch.stack([rollout.rewards.float(), rollout.correct.float(), rollout.completion_mask.sum(-1).float(),
+                            rollout.truncated.float()], dim=1).tolist()  # [N, 4]
+        rewards, correct, lengths, truncated = torch.tensor(sum(sharding.all_gather_objects(rows), [])).reshape(-1, 4).T
+        zero_signal = sharding.all_gather_objects(zero_signal_fraction(rollout.group_ids, rollout.rewards))
+        correct_rate = float(correct.mean())
         values = {
-            "train/reward_mean": float(rollout.rewards.mean()),
-            "train/reward_std": float(rollout.rewards.std()) if rollout.num_samples > 1 else 0.0,
+            "train/reward_mean": float(rewards.mean()),
+            "train/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
             "train/correct_rate": correct_rate,
-            "train/zero_signal_groups": zero_signal_fraction(rollout.group_ids, rollout.rewards),
+            "train/zero_signal_groups": sum(zero_signal) / len(zero_signal),  # ranks hold equal numbers of groups
             "train/completion_length": float(lengths.mean()),
-            "train/truncated_fraction": float(rollout.truncated.float().mean()),
+            "train/truncated_fraction": float(truncated.mean()),
             "train/lr": float(self.optimizers().param_groups[0]["lr"]),
             "train/skipped_steps": float(self._skipped_steps),
             "train/zero_signal_steps": float(self._zero_signal_steps),
@@ -420,8 +497,11 @@ class RLModule(LightningModule):
                 values[f"train/{name}" if name.startswith("entropy") else f"diversity/{name}"] = value
         values.update({f"reward/{k}": float(v.mean()) for k, v in rollout.reward_parts.items()})
         values.update({f"train/{k}": v for k, v in update.items()})
+        if self._logprob_diff[1] > 0:  # mean |trainer - engine| log-prob of the sampled tokens
+            values["rollout/logprob_diff"] = self._logprob_diff[0] / self._logprob_diff[1]
         values.update(timings)
         values["timing/metrics"] = time.perf_counter() - start
+        values = _mean_over_ranks(values)  # the rest: every rank holds the value already, or a rank mean
         kw = {"on_step": True, "on_epoch": False, "batch_size": rollout.num_groups}
         self.log_dict(values, **kw)
         self.log("reward", values["train/reward_mean"], prog_bar=True, logger=False, **kw)
@@ -447,11 +527,11 @@ class RLModule(LightningModule):
         """``[N, L]`` entropy of the policy's full next-token distribution (at the sampling
         temperature) at every completion position, micro-batch by micro-batch, without gradient."""
         out = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32, device=rollout.completion_ids.device)
-        for start in range(0, rollout.num_samples, self.micro_batch_size):
-            index = torch.arange(start, min(start + self.micro_batch_size, rollout.num_samples))
+        for index, real in self._micro_indices(rollout.num_samples):
             micro = rollout.select(index).trim()
             _, entropy = self.completion_logprobs(self.policy, micro, entropy="detached")
-            out[index.to(out.device), : entropy.shape[1]] = entropy
+            if real:
+                out[index.to(out.device), : entropy.shape[1]] = entropy
         return out
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
@@ -521,3 +601,20 @@ class RLModule(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.on_validation_epoch_end()
+
+
+# values normalised by the minibatch totals (Objective.aggregate): logged as the sum over micro-batches, the
+# minibatch loss, averaged over minibatches and epochs; every other objective metric is a sample-weighted mean
+_LOSS_SHARES = ("loss", "policy_loss")
+
+
+def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each scalar averaged over the ranks that report it (one object all-gather per step; ranks may
+    report different keys, e.g. DS-GRPO's term on correct completions when a rank has none). Equal-sized
+    rank batches make the mean of rank means the mean over all samples; the pass@k and diversity values
+    come from torchmetrics states already reduced over ranks, so every rank holds the same value."""
+    gathered = sharding.all_gather_objects(values)
+    if len(gathered) == 1:
+        return values
+    keys = dict.fromkeys(k for part in gathered for k in part)  # first-seen order
+    return {k: sum(p[k] for p in gathered if k in p) / sum(1 for p in gathered if k in p) for k in keys}

@@ -93,6 +93,7 @@ class RolloutBatch:
     logp_old: Tensor | None = None  # [N, L] float32, rollout policy log-probs (None: reuse the new ones)
     logp_ref: Tensor | None = None  # [N, L] float32, reference model log-probs
     sampler_logp: Tensor | None = None  # [N, L] float32, log-probs reported by the engine (vLLM)
+    is_weights: Tensor | None = None  # [N, L] float32, truncated importance weights (model.tis_cap), per micro-batch
     advantages: Tensor | None = None  # [N] float32, group-level advantages from the objective
     reward_parts: dict[str, Tensor] = field(default_factory=dict)  # name -> [N] unweighted component rewards
     prompts: list[str] = field(default_factory=list)  # [N] prompt text of each completion
@@ -173,7 +174,7 @@ class RolloutBatch:
         prompt_width = int(self.prompt_mask.sum(-1).max().item()) if self.num_samples else 0
         changes: dict[str, Any] = {}
         if length < self.completion_ids.shape[1]:
-            for name in ("completion_ids", "completion_mask", "logp_old", "logp_ref", "sampler_logp"):
+            for name in ("completion_ids", "completion_mask", "logp_old", "logp_ref", "sampler_logp", "is_weights"):
                 if getattr(self, name) is not None:
                     changes[name] = getattr(self, name)[:, :length]
         if prompt_width < self.prompt_ids.shape[1]:

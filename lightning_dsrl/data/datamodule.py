@@ -1,8 +1,10 @@
 """``PromptDataModule``: batches of prompt records from a task, seeded and map-style.
 
-Map-style datasets let Lightning's distributed sampler shard prompts across ranks and let a
-resumed run continue from the same position. A batch is a :class:`PromptBatch` of ``batch_size``
-records; the rollout callback turns each record into a group of completions.
+Training prompts come through :class:`~lightning_dsrl.data.sampler.PromptLoader`: a seeded
+permutation per epoch, sharded across ranks (each rank draws ``batch_size`` prompts per step, so
+a step trains on ``batch_size x world size`` prompts), and resumable mid-epoch. A batch is a
+:class:`PromptBatch` of ``batch_size`` records; the rollout callback turns each record into a
+group of completions.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_dsrl.data.base import Task
+from lightning_dsrl.data.sampler import PromptLoader, PromptSampler
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.types import PromptBatch, PromptRecord
 
@@ -38,7 +41,7 @@ class PromptDataModule(LightningDataModule):
 
     Args:
         task: where the prompts come from (``CountdownTask``, ``AdditionTask``, ``MathTask``, ...).
-        batch_size: prompts per rollout step; each becomes a group of ``rollout.num_generations``.
+        batch_size: prompts per rollout step and process; each becomes a group of ``rollout.num_generations``.
         val_batch_size: prompts per validation step (default: ``batch_size``).
         max_val_prompts: evaluate only the first this-many validation prompts (``None``: all).
         shuffle: shuffle training prompts each epoch (seeded by ``seed``).
@@ -90,7 +93,13 @@ class PromptDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._records("train"), self.batch_size, self.shuffle)
+        dataset = PromptDataset(self._records("train"))
+        strategy = self.trainer.strategy if self.trainer is not None else None
+        shard = getattr(strategy, "distributed_sampler_kwargs", None) or {}  # None on one device
+        sampler = PromptSampler(dataset, num_replicas=shard.get("num_replicas", 1), rank=shard.get("rank", 0),
+                                shuffle=self.shuffle, seed=self.seed)
+        return PromptLoader(dataset, sampler, self.batch_size, seed=self.seed, collate_fn=collate_prompts,
+                            num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._records("val"), self.val_batch_size, False)

@@ -80,6 +80,8 @@ class GRPO(Objective):
         """Per-token loss ``[n, L]``: the negative clipped surrogate plus ``beta`` times the k3 KL."""
         mask = batch.completion_mask
         loss = F.clipped_policy_loss(logp, batch.logp_old, advantages, self.epsilon_low, self.epsilon_high)
+        if batch.is_weights is not None:  # model.tis_cap: engine/trainer mismatch correction
+            loss = loss * batch.is_weights
         self.metric("clip_fraction", F.clip_fraction(logp, batch.logp_old, advantages, self.epsilon_low,
                                                      self.epsilon_high, mask))
         self.metric("ratio_mean", F.masked_mean((logp - batch.logp_old).exp(), mask))

@@ -2,7 +2,8 @@
 
     on_train_batch_start       B prompts -> engine.generate(G each) -> rewards -> batch.rollout
                                (dynamic_sampling: groups with all-equal rewards replaced, see ``refill``)
-    on_train_batch_end         engine.sync_weights(module)   (no-op for the HF engine)
+    on_train_batch_end         engine.sync_weights(module)   (no-op for an engine sharing the policy)
+                               + verify_sync: probe log-probs, engine vs trainer (engines owning weights)
     on_validation_batch_start  B prompts -> val_num_generations samples each -> batch.rollout
                                (+ one greedy completion each -> batch.greedy, for Potential@k)
 
@@ -15,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from lightning import Callback, LightningModule, Trainer
 
 from lightning_dsrl import functional as F
-from lightning_dsrl.errors import ConfigError
+from lightning_dsrl.errors import ConfigError, TrainingError
 from lightning_dsrl.rewards.base import CompositeReward, RewardModule
 from lightning_dsrl.rollout.engine import RolloutEngine, SamplingParams
 from lightning_dsrl.rollout.hf import HFEngine
@@ -96,6 +97,12 @@ class RolloutCallback(Callback):
         max_resample_rounds: with ``dynamic_sampling``, at most this many extra generation rounds of
             ``data.batch_size`` fresh prompts each; a batch still short after them trains on the groups
             it has (on the original batch if none has a reward spread).
+        sync_check: after each weight sync of an engine with its own weights (vLLM, ``HFEngine(weights:
+            copy)``), compare the engine's log-probs of a probe (the step's first completion) with the
+            trainer's; the largest difference over its tokens is logged as ``rollout/sync_logprob_diff``
+            and, beyond ``sync_tolerance``, stops the run (``raise``) or warns (``warn``).
+        sync_tolerance: the largest accepted |engine - trainer| log-prob of a probe token (nats); vLLM in
+            bf16 differs from the trainer by about 1e-2, so raise it there (``configs/vllm.yaml``).
     """
 
     def __init__(
@@ -116,6 +123,8 @@ class RolloutCallback(Callback):
         val_greedy: bool = True,
         dynamic_sampling: bool = False,
         max_resample_rounds: int = 3,
+        sync_check: Literal["raise", "warn", "off"] = "raise",
+        sync_tolerance: float = 1e-3,
     ) -> None:
         super().__init__()
         if num_generations < 1 or val_num_generations < 1:
@@ -146,10 +155,28 @@ class RolloutCallback(Callback):
         self.max_prompt_tokens = max_prompt_tokens
         self.dynamic_sampling = dynamic_sampling
         self.max_resample_rounds = max_resample_rounds
+        if sync_check not in ("raise", "warn", "off"):
+            raise ConfigError(f"rollout.sync_check={sync_check!r}: use raise, warn or off")
+        if not sync_tolerance > 0:
+            raise ConfigError(f"rollout.sync_tolerance={sync_tolerance}: give a log-prob difference > 0, e.g. 1e-3")
+        self.sync_check = sync_check
+        self.sync_tolerance = sync_tolerance
         self._bound_to: LightningModule | None = None
         self.prompts_truncated = 0
 
     # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.engine.check()  # e.g. VLLMEngine without vLLM or without a GPU: before the model loads
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        from lightning_dsrl import sharding
+
+        policy = getattr(pl_module, "policy", None)
+        if self.dynamic_sampling and trainer.world_size > 1 and policy is not None and sharding.is_sharded(policy):
+            # refill rounds differ between ranks, and with a sharded policy every generation is a collective
+            raise ConfigError(f"rollout.dynamic_sampling=true with a sharded policy over {trainer.world_size} processes "
+                              "(trainer.strategy FSDP) would hang: use trainer.strategy: ddp, or dynamic_sampling: false")
+
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         rollout = self.rollout(pl_module, batch, self.train_sampling, log_prefix="train")
         if self.dynamic_sampling:
@@ -164,6 +191,34 @@ class RolloutCallback(Callback):
         start = time.perf_counter()
         self.engine.sync_weights(pl_module)  # type: ignore[arg-type]
         pl_module.log("timing/weight_sync", time.perf_counter() - start, on_step=True, on_epoch=False)
+        rollout = getattr(batch, "rollout", None)
+        if self.engine.owns_weights and self.sync_check != "off" and rollout is not None and rollout.num_samples:
+            self.verify_sync(pl_module, rollout)
+
+    def verify_sync(self, pl_module: LightningModule, rollout: RolloutBatch) -> float:
+        """The largest |engine - trainer| log-prob over the tokens of a probe (the rollout's first completion)
+        and over ranks, logged as ``rollout/sync_logprob_diff``; beyond ``sync_tolerance`` a ``TrainingError``
+        (``sync_check: raise``, on every rank) or a warning."""
+        from lightning_dsrl import sharding
+
+        module: RLModule = pl_module  # type: ignore[assignment]
+        probe = rollout.select([0]).trim()
+        with torch.no_grad():
+            trainer_logp, _ = module.completion_logprobs(module.policy, probe)  # [1, L]
+        engine_logp = self.engine.logprobs(probe).to(trainer_logp.device)  # [1, L]
+        diff = float(((trainer_logp - engine_logp).abs() * probe.completion_mask).max())
+        diff = sharding.max_over_ranks(diff, module.device)
+        if module._trainer is not None:
+            module.log("rollout/sync_logprob_diff", diff, on_step=True, on_epoch=False)
+        if not diff <= self.sync_tolerance:  # NaN fails too
+            message = (f"weight sync: the engine's log-probs of a probe differ from the trainer's by up to {diff:.3g} "
+                       f"nats (rollout.sync_tolerance={self.sync_tolerance}): the engine is not generating from the "
+                       "policy being trained (stale or corrupted weights, or a precision mismatch; raise "
+                       "rollout.sync_tolerance for the latter, or set rollout.sync_check: warn)")
+            if self.sync_check == "raise":
+                raise TrainingError(message)
+            log.warning(message)
+        return diff
 
     def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int,
                                   dataloader_idx: int = 0) -> None:

@@ -1,8 +1,10 @@
 """The ``RolloutEngine`` interface: prompts in, ``n`` sampled completions per prompt out.
 
 An engine is bound to the module once (it reads the policy and tokenizer from it), generates
-from token ids, and, if it keeps its own copy of the weights (vLLM), receives the new weights
-after each optimizer step through :meth:`sync_weights`.
+from token ids, and, if it keeps its own copy of the weights (vLLM, ``HFEngine(weights="copy")``),
+receives the new weights after each optimizer step through :meth:`sync_weights` and reports its
+own log-probs of given completions (:meth:`logprobs`), which the rollout callback compares with
+the trainer's after every sync.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from lightning_dsrl.module import RLModule
+    from lightning_dsrl.types import RolloutBatch
 
 __all__ = ["SamplingParams", "Generation", "RolloutEngine"]
 
@@ -39,7 +44,16 @@ class Generation:
 
 
 class RolloutEngine:
-    """Base class of rollout engines (``HFEngine``, ``VLLMEngine``)."""
+    """Base class of rollout engines (``HFEngine``, ``VLLMEngine``).
+
+    ``owns_weights``: the engine generates from its own copy of the policy's weights, which
+    :meth:`sync_weights` must refresh after every optimizer step (and :meth:`logprobs` can check).
+    """
+
+    owns_weights: bool = False
+
+    def check(self) -> None:
+        """Fail early, with a ``ConfigError``, when the engine cannot run here (called when training starts)."""
 
     def bind(self, module: RLModule) -> None:
         """Attach to the module's policy and tokenizer (called once the models exist)."""
@@ -50,3 +64,8 @@ class RolloutEngine:
 
     def sync_weights(self, module: RLModule) -> None:
         """Receive the policy's new weights after an optimizer step (no-op for engines that share them)."""
+
+    def logprobs(self, batch: RolloutBatch) -> Tensor:
+        """``[n, L]`` float32 log-probs of ``batch``'s completion tokens under the engine's own weights, at
+        ``batch.temperature``, zero at padding (engines that own weights; used to verify a sync)."""
+        raise NotImplementedError(f"{type(self).__name__} does not report log-probs of given completions")

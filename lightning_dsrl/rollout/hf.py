@@ -10,16 +10,20 @@ changes the distribution the objective assumes it sampled from.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 from transformers import DynamicCache, GenerationConfig
 
+from lightning_dsrl import sharding
+from lightning_dsrl.errors import ConfigError
+from lightning_dsrl.models import load_model
 from lightning_dsrl.rollout.engine import Generation, RolloutEngine, SamplingParams
 
 if TYPE_CHECKING:
     from lightning_dsrl.module import RLModule
+    from lightning_dsrl.types import RolloutBatch
 
 __all__ = ["HFEngine"]
 
@@ -39,21 +43,57 @@ class HFEngine(RolloutEngine):
     """Generate with ``policy.generate``.
 
     Args:
+        weights: ``shared``: generate with the policy itself (no copy, nothing to sync); ``copy``: generate
+            with a separate, unsharded copy of the policy that receives the new weights after every
+            optimizer step, like a vLLM engine (a sharded policy then gathers its weights once per step
+            instead of once per decode step; the weight sync and its verification run on any device).
         generation_batch_size: sequences per ``generate`` call (prompts x samples); lower it to
             save memory, raise it on a GPU.
         share_prompt_prefix: prefill each prompt once and copy its KV cache to its ``n`` samples
             instead of prefilling every copy (same samples, less compute).
     """
 
-    def __init__(self, generation_batch_size: int = 64, share_prompt_prefix: bool = True) -> None:
+    def __init__(self, generation_batch_size: int = 64, share_prompt_prefix: bool = True,
+                 weights: Literal["shared", "copy"] = "shared") -> None:
         if generation_batch_size < 1:
             raise ValueError("rollout.engine.generation_batch_size must be >= 1")
+        if weights not in ("shared", "copy"):
+            raise ConfigError(f"rollout.engine.init_args.weights={weights!r}: use shared or copy")
         self.generation_batch_size = generation_batch_size
         self.share_prompt_prefix = share_prompt_prefix
+        self.owns_weights = weights == "copy"
         self.module: RLModule | None = None
+        self.model = None  # the copy (weights: copy)
 
     def bind(self, module: RLModule) -> None:
         self.module = module
+        if self.owns_weights:
+            self.model = load_model(module.spec).to(module.device).eval().requires_grad_(False)
+            self.sync_weights(module)
+
+    @torch.no_grad()
+    def sync_weights(self, module: RLModule) -> None:
+        """Copy the policy's weights into the engine's model, tensor by tensor (gathered from the shards on
+        every rank when the policy is sharded)."""
+        if not self.owns_weights or self.model is None:
+            return
+        own = self.model.state_dict()
+        seen = set()
+        for name, tensor in sharding.full_weights(module.policy):
+            if name not in own or own[name].shape != tensor.shape:
+                raise RuntimeError(f"weight sync: the policy's {name} {list(tensor.shape)} has no counterpart of that "
+                                   "shape in the engine's model")
+            own[name].copy_(tensor)
+            seen.add(name)
+        if missing := sorted(set(own) - seen):
+            raise RuntimeError(f"weight sync: the policy sent no value for the engine's {missing[:3]}")
+
+    @torch.no_grad()
+    def logprobs(self, batch: RolloutBatch) -> Tensor:
+        if self.model is None:
+            raise RuntimeError("HFEngine(weights='copy').logprobs called before bind(module)")
+        logp, _ = self.module.completion_logprobs(self.model, batch)
+        return logp
 
     def _config(self, params: SamplingParams, eos: list[int], pad: int) -> GenerationConfig:
         if params.greedy:
@@ -96,11 +136,12 @@ class HFEngine(RolloutEngine):
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> Generation:
         if self.module is None:
             raise RuntimeError("HFEngine.generate called before bind(module)")
-        model, tokenizer = self.module.policy, self.module.tokenizer
+        model, tokenizer = self.model if self.owns_weights else self.module.policy, self.module.tokenizer
         eos = eos_token_ids(tokenizer, model)
         pad = tokenizer.pad_token_id
         config = self._config(params, eos, pad)
         device = next(model.parameters()).device
+        synced = sharding.is_sharded(model) and sharding.world_size() > 1
         was_training = model.training
         model.eval()
         token_ids: list[list[int]] = []
@@ -123,6 +164,8 @@ class HFEngine(RolloutEngine):
                     past_key_values=cache,
                     generation_config=config,
                     tokenizer=tokenizer if params.stop else None,
+                    # sharded policy: every decode step is a collective, so all ranks step until the last is done
+                    synced_gpus=synced,
                 )
                 expanded = [ids for ids, (_, c) in zip(prompts, chunk) for _ in range(c)]
                 for prompt, row in zip(expanded, out[:, width:].tolist()):

@@ -1,0 +1,259 @@
+"""Sharded and data-parallel training: what the module and the engines need to know about it.
+
+Lightning's strategies launch the processes and, for FSDP, call ``RLModule.configure_model``,
+where the policy (and the frozen reference) are sharded here:
+
+- ``FSDP2Strategy`` (``ModelParallelStrategy`` with every process in one data-parallel mesh
+  dimension): ``fully_shard`` on each decoder layer, then on the whole model, so a forward
+  all-gathers one layer at a time and parameters and gradients are ``DTensor`` shards.
+- ``FSDPStrategy`` (FSDP1): the policy becomes its own ``FullyShardedDataParallel`` root with
+  one unit per decoder layer (``use_orig_params=True``), so every call of the policy is a full
+  root forward and several forward/backward passes per step work as with a plain model.
+- DDP: nothing to do here; Lightning wraps the module and averages gradients in backward.
+
+Data parallelism is exact: the module normalises each rank's loss by the *global* minibatch
+sizes (:func:`global_totals`), so averaging gradients over ranks gives the single-process
+gradient of the union of the ranks' rollouts.
+
+Every rank must run the same collectives in the same order, or the run hangs: a forward of a
+sharded model all-gathers, a backward reduce-scatters (FSDP) or all-reduces (DDP). Where the
+number of passes depends on local data (ranks whose dynamic sampling came back short),
+:func:`passes_on_all_ranks` gives the largest count and the short ranks run extra passes whose
+loss is multiplied by zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_dsrl.errors import ConfigError
+
+__all__ = [
+    "FSDP2Strategy",
+    "all_gather_objects",
+    "clip_grad_norm",
+    "decoder_layers",
+    "full_weights",
+    "global_totals",
+    "is_fsdp1",
+    "is_sharded",
+    "max_over_ranks",
+    "passes_on_all_ranks",
+    "shard_fsdp2",
+    "sum_over_ranks",
+    "world_size",
+    "wrap_fsdp1",
+]
+
+try:  # the strategy class is what YAML names: ``trainer.strategy.class_path: FSDP2Strategy``
+    from lightning.pytorch.strategies import ModelParallelStrategy
+except ImportError:  # pragma: no cover - Lightning < 2.4
+    ModelParallelStrategy = object  # type: ignore[assignment,misc]
+
+
+class FSDP2Strategy(ModelParallelStrategy):  # type: ignore[misc,valid-type]
+    """Lightning's ``ModelParallelStrategy`` as plain FSDP2 data parallelism: one mesh dimension
+    holding every process (``data_parallel_size`` = world size, ``tensor_parallel_size`` = 1).
+
+    ``ModelParallelStrategy`` itself asks for both sizes and by default treats the processes of a
+    node as a tensor-parallel group; this subclass fixes the sizes so that ``--trainer.devices``
+    and ``--trainer.num_nodes`` alone decide the layout, and the overlay config stays the same on
+    any machine. ``RLModule.configure_model`` applies ``fully_shard`` over the mesh's
+    ``data_parallel`` dimension.
+
+    Args:
+        save_distributed_checkpoint: ``True``: every rank writes its own shard (a checkpoint is then a
+            directory); ``False``: the full state is gathered on rank 0 and written as one file,
+            atomically (fine for models that fit in one process's CPU memory).
+        process_group_backend: ``nccl`` on GPUs, ``gloo`` on CPUs (default: chosen from the device).
+    """
+
+    def __init__(self, save_distributed_checkpoint: bool = False, process_group_backend: str | None = None,
+                 **kwargs: Any) -> None:
+        kwargs.pop("data_parallel_size", None)
+        kwargs.pop("tensor_parallel_size", None)
+        super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
+                         save_distributed_checkpoint=save_distributed_checkpoint,
+                         process_group_backend=process_group_backend, **kwargs)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+
+# ---------------------------------------------------------------------- sharding the models
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of a transformers model (the classes it lists in ``_no_split_modules``,
+    e.g. ``LlamaDecoderLayer``): the units FSDP shards and gathers one at a time."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ConfigError(f"trainer.strategy: cannot shard {type(model).__name__}: the model declares no decoder "
+                          "layer classes (_no_split_modules); use DDP (trainer.strategy: ddp) for this model")
+    return layers
+
+
+def shard_fsdp2(model: nn.Module, mesh) -> nn.Module:
+    """``fully_shard`` each decoder layer, then the root (embeddings, final norm, LM head)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def wrap_fsdp1(model: nn.Module, strategy) -> nn.Module:
+    """The model as its own FSDP1 root with one unit per decoder layer, with the strategy's settings."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    device = strategy.root_device
+    return FullyShardedDataParallel(
+        model,
+        auto_wrap_policy=ModuleWrapPolicy({type(layer) for layer in decoder_layers(model)}),
+        cpu_offload=strategy.cpu_offload,
+        mixed_precision=strategy.mixed_precision_config,
+        sharding_strategy=strategy.sharding_strategy,
+        device_id=device.index if device.type == "cuda" else None,
+        use_orig_params=True,  # frozen and trainable parameters may share a unit; names stay the model's own
+    )
+
+
+def is_fsdp1(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether the model's parameters live in shards across processes (FSDP1 or FSDP2)."""
+    return any(_is_dtensor(p) for p in model.parameters()) or is_fsdp1(model)
+
+
+# ---------------------------------------------------------------------- operations on a sharded model
+def clip_grad_norm(params: list[Tensor], max_norm: float) -> float:
+    """Clip the global gradient norm of ``params`` to ``max_norm``; returns the norm before clipping,
+    the same on every rank.
+
+    FSDP2 gradients are ``DTensor`` shards: their norm is a partial value that ``full_tensor()``
+    reduces over the ranks before the clip coefficient is formed (otherwise each rank would clip
+    with its own shard's norm). DDP gradients are already identical on every rank. FSDP1 uses
+    :func:`clip_grad_norm_fsdp1` instead.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    if _is_dtensor(total):
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return float(total)
+
+
+def clip_grad_norm_fsdp1(model: nn.Module, max_norm: float) -> float:
+    """FSDP1's own clip over the flat shards of every unit (a collective)."""
+    return float(model.clip_grad_norm_(max_norm))
+
+
+def full_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """``(name, full tensor)`` for every entry of the model's state dict, gathered from the shards
+    one tensor at a time (a collective per tensor on a sharded model: call it on every rank).
+
+    Names are the model's own (``model.layers.0.self_attn.q_proj.weight``), as ``save_pretrained``
+    writes them; tied weights appear under each of their names.
+    """
+    if is_fsdp1(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # FSDP1 gathers the whole state dict at once; every rank gets it (cpu_offload would keep rank 0's only)
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
+        yield from state.items()
+        return
+    for name, tensor in model.state_dict().items():
+        yield name, tensor.full_tensor() if _is_dtensor(tensor) else tensor
+
+
+# ---------------------------------------------------------------------- collectives
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if _distributed() else 1
+
+
+def passes_on_all_ranks(count: int, device: torch.device) -> int:
+    """The largest ``count`` over all ranks (``count`` itself in a single process)."""
+    if world_size() == 1:
+        return count
+    value = torch.tensor([count], dtype=torch.long, device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return int(value.item())
+
+
+def max_over_ranks(value: float, device: torch.device) -> float:
+    """The largest ``value`` over all ranks (NaN if any rank has NaN)."""
+    if world_size() == 1:
+        return value
+    values = torch.tensor(all_gather_objects(float(value)), dtype=torch.float64)
+    return float(values.max())
+
+
+def global_totals(totals: dict[str, float], device: torch.device) -> dict[str, float]:
+    """A rank's minibatch sizes (``seqs``, ``tokens``, ``correct``) replaced by the sum over ranks
+    divided by the number of ranks.
+
+    With these, rank ``r``'s loss is ``S_r / (T / W)`` for a sum ``S_r`` over its samples and a
+    global size ``T``; the gradient average over ``W`` ranks (DDP, FSDP) is then ``grad(sum_r S_r) / T``,
+    the single-process gradient of all ranks' samples, whatever the aggregation mode.
+    """
+    size = world_size()
+    if size == 1:
+        return totals
+    keys = sorted(totals)
+    values = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(values)
+    return dict(zip(keys, (values / size).tolist()))
+
+
+def sum_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each value summed over the ranks (keys missing on a rank count as 0; ``values`` itself in one process)."""
+    if world_size() == 1:
+        return dict(values)
+    keys = sorted(set().union(*all_gather_objects(sorted(values))))
+    totals = torch.tensor([values.get(k, 0.0) for k in keys], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(totals)
+    return dict(zip(keys, totals.tolist()))
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (``[obj]`` in a single process)."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _register() -> None:
+    """``--trainer.strategy fsdp2`` as a short name, beside Lightning's ``ddp`` and ``fsdp``."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if ModelParallelStrategy is not object and "fsdp2" not in StrategyRegistry:
+        StrategyRegistry.register("fsdp2", FSDP2Strategy, description="FSDP2 data parallelism (lightning_dsrl)")
+
+
+_register()
