@@ -7,7 +7,7 @@ Run it from this folder (Python puts the working directory on the import path):
     python -m lightning_dsrl fit --config configs/ds_grpo.yaml \\
         --model.objective.class_path my_objective.MyObjective --model.objective.init_args.length_coef 0.1
 
-or from anywhere with ``PYTHONPATH=path/to/this/folder``. ``tests/test_user_objective.py`` runs exactly that.
+or from anywhere with ``PYTHONPATH=path/to/this/folder``. ``tests/test_objective_cli.py`` runs exactly that.
 """
 
 from __future__ import annotations
