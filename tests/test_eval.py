@@ -112,7 +112,8 @@ def test_validate_mistakes_end_in_one_clear_message(tmp_path, tiny_model_dir, ca
 
 def test_periodic_validation_in_fit_then_validate_a_checkpoint(tmp_path, tiny_model_dir):
     cli_main(["fit", *small_run(tmp_path, tiny_model_dir, "--trainer.max_steps", "2",
-                                "--trainer.val_check_interval", "2", "--data.task.init_args.num_val", "3")])
+                                "--trainer.val_check_interval", "2", "--trainer.check_val_every_n_epoch", "1",
+                                "--data.task.init_args.num_val", "3")])
     run = tmp_path / "runs" / "ds_grpo" / "version_0"
     report = json.loads((run / "eval" / "metrics.json").read_text())
     assert report["settings"]["stage"] == "fit" and report["settings"]["global_step"] == 2
