@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=6, help="training steps per contender")
     p.add_argument("--warmup", type=int, default=1, help="first steps left out of the median")
     p.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
-    p.add_argument("--micro-batch-size", type=int, default=16, help="ours: completions per forward/backward")
+    p.add_argument("--micro-batch-size", type=int, default=8,
+                   help="ours: completions per forward/backward (backward activations scale with it: 8 measured "
+                        "4.8 GB peak RSS vs 6.5 GB at 16, and no slower)")
     p.add_argument("--compare", choices=["trl"], default=None, help="also run TRL's GRPOTrainer")
     p.add_argument("--smoke", action="store_true", help="tiny model, 2 steps, to check the script runs")
     p.add_argument("--output", default="bench/benchmark.json")
