@@ -48,3 +48,36 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 def _plain_argv(monkeypatch):
     """LightningCLI warns when pytest's own argv is present beside explicit args."""
     monkeypatch.setattr("sys.argv", ["lightning_dsrl"])
+
+
+def _two_completion_batch():
+    """One group of two completions: rewards [1, 0], correct [True, False]; lengths 2 and 1.
+
+    logp_old = [[-1, -1], [-1, 0]], logp = logp_old + log([[1.5, 1], [0.5, 1]]) -> rho = 1.5, 1, 0.5
+    (the position (1, 1) is padding); logp_ref = logp_old. With scale_rewards=none, A = [0.5, -0.5].
+    Returns ``(batch, logp)``, fresh on every call.
+    """
+    from lightning_dsrl.types import RolloutBatch
+
+    logp_old = torch.tensor([[-1.0, -1.0], [-1.0, 0.0]])
+    logp = logp_old + torch.log(torch.tensor([[1.5, 1.0], [0.5, 1.0]]))
+    batch = RolloutBatch(
+        prompt_ids=torch.ones(2, 1, dtype=torch.long),
+        prompt_mask=torch.ones(2, 1, dtype=torch.bool),
+        completion_ids=torch.ones(2, 2, dtype=torch.long),
+        completion_mask=torch.tensor([[True, True], [True, False]]),
+        group_ids=torch.tensor([0, 0]),
+        rewards=torch.tensor([1.0, 0.0]),
+        correct=torch.tensor([True, False]),
+        truncated=torch.zeros(2, dtype=torch.bool),
+        max_new_tokens=4,
+        logp_old=logp_old,
+        logp_ref=logp_old.clone(),
+    )
+    return batch, logp
+
+
+@pytest.fixture
+def fixed_batch():
+    """The hand-computed objective tests' batch, as a factory: ``batch, logp = fixed_batch()``."""
+    return _two_completion_batch

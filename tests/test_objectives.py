@@ -9,33 +9,10 @@ import torch
 
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.objectives import DSGRPO, GRPO
-from lightning_dsrl.types import RolloutBatch
 
 LN = math.log
 
-
-def fixed_batch() -> tuple[RolloutBatch, torch.Tensor]:
-    """One group of two completions: rewards [1, 0]; lengths 2 and 1.
-
-    logp_old = [[-1, -1], [-1, 0]], logp = logp_old + log([[1.5, 1], [0.5, 1]]) -> rho = 1.5, 1, 0.5.
-    """
-    logp_old = torch.tensor([[-1.0, -1.0], [-1.0, 0.0]])
-    logp = logp_old + torch.log(torch.tensor([[1.5, 1.0], [0.5, 1.0]]))
-    batch = RolloutBatch(
-        prompt_ids=torch.ones(2, 1, dtype=torch.long),
-        prompt_mask=torch.ones(2, 1, dtype=torch.bool),
-        completion_ids=torch.ones(2, 2, dtype=torch.long),
-        completion_mask=torch.tensor([[True, True], [True, False]]),
-        group_ids=torch.tensor([0, 0]),
-        rewards=torch.tensor([1.0, 0.0]),
-        correct=torch.tensor([True, False]),
-        truncated=torch.zeros(2, dtype=torch.bool),
-        max_new_tokens=4,
-        logp_old=logp_old,
-        logp_ref=logp_old.clone(),
-    )
-    return batch, logp
-
+# The batch of every hand-computed test here is conftest's ``fixed_batch`` fixture.
 
 # token losses with scale_rewards=none (A = [0.5, -0.5]), eps 0.2, beta 0.1, logp_ref = logp_old:
 #   (0,0) rho 1.5, A .5: -min(.75, 1.2*.5) = -.6 ; kl = 1/1.5 + ln1.5 - 1 = .0721318 -> -.6 + .00721318
@@ -54,7 +31,7 @@ T10 = 0.4 + 0.1 * (2 - LN(2) - 1)
         ("seq-mean-token-sum-norm", ((T00 + T01) / 4 + T10 / 4) / 2),  # max_len = rollout.max_new_tokens = 4
     ],
 )
-def test_grpo_loss_hand_computed(mode, expected):
+def test_grpo_loss_hand_computed(mode, expected, fixed_batch):
     batch, logp = fixed_batch()
     objective = GRPO(beta=0.1, epsilon_low=0.2, scale_rewards="none", loss_agg_mode=mode)
     batch.advantages = objective.group_advantages(batch)
@@ -65,7 +42,7 @@ def test_grpo_loss_hand_computed(mode, expected):
     assert float(out.metrics["kl"]) == pytest.approx((0.0721318 + 0 + 0.3068528) / 3, abs=1e-6)
 
 
-def test_ds_grpo_advantages_hand_computed():
+def test_ds_grpo_advantages_hand_computed(fixed_batch):
     batch, logp = fixed_batch()
     objective = DSGRPO(gamma_p=0.1, gamma_n=0.2, scale_rewards="none", beta=0.0)
     batch.advantages = objective.group_advantages(batch)
@@ -79,7 +56,7 @@ def test_ds_grpo_advantages_hand_computed():
     assert float(out.metrics["ds/smoothing_incorrect"]) == pytest.approx(-0.2)
 
 
-def test_ds_grpo_reference_smoothing_uses_logp_ref():
+def test_ds_grpo_reference_smoothing_uses_logp_ref(fixed_batch):
     batch, _ = fixed_batch()
     batch.logp_ref = torch.tensor([[-3.0, -3.0], [-5.0, 0.0]])
     objective = DSGRPO(gamma_p=0.1, gamma_n=0.1, smoothing_model="reference", scale_rewards="none", beta=0.0)
@@ -90,7 +67,7 @@ def test_ds_grpo_reference_smoothing_uses_logp_ref():
 
 
 @pytest.mark.parametrize("mode", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
-def test_ds_grpo_with_zero_gamma_equals_grpo(mode):
+def test_ds_grpo_with_zero_gamma_equals_grpo(mode, fixed_batch):
     batch, logp = fixed_batch()
     grpo = GRPO(beta=0.05, loss_agg_mode=mode)
     ds = DSGRPO(gamma_p=0.0, gamma_n=0.0, beta=0.05, loss_agg_mode=mode)
@@ -103,7 +80,7 @@ def test_ds_grpo_with_zero_gamma_equals_grpo(mode):
     torch.testing.assert_close(lp1.grad, lp2.grad)
 
 
-def test_rho_one_gives_the_reinforce_gradient():
+def test_rho_one_gives_the_reinforce_gradient(fixed_batch):
     """ppo_epochs = 1: logp_old = logp.detach(), so d loss / d logp = -A_i / |y_i| / N (seq-mean-token-mean)."""
     batch, logp = fixed_batch()
     objective = GRPO(beta=0.0, scale_rewards="none")

@@ -16,30 +16,6 @@ from lightning_dsrl.types import RolloutBatch
 LN = math.log
 
 
-def fixed_batch() -> tuple[RolloutBatch, torch.Tensor]:
-    """One group of two completions: rewards [1, 0], correct [True, False]; lengths 2 and 1.
-
-    logp_old = [[-1, -1], [-1, 0]], logp = logp_old + log([[1.5, 1], [0.5, 1]]) -> rho = 1.5, 1, 0.5
-    (the position (1, 1) is padding). With scale_rewards=none, A = [0.5, -0.5].
-    """
-    logp_old = torch.tensor([[-1.0, -1.0], [-1.0, 0.0]])
-    logp = logp_old + torch.log(torch.tensor([[1.5, 1.0], [0.5, 1.0]]))
-    batch = RolloutBatch(
-        prompt_ids=torch.ones(2, 1, dtype=torch.long),
-        prompt_mask=torch.ones(2, 1, dtype=torch.bool),
-        completion_ids=torch.ones(2, 2, dtype=torch.long),
-        completion_mask=torch.tensor([[True, True], [True, False]]),
-        group_ids=torch.tensor([0, 0]),
-        rewards=torch.tensor([1.0, 0.0]),
-        correct=torch.tensor([True, False]),
-        truncated=torch.zeros(2, dtype=torch.bool),
-        max_new_tokens=4,
-        logp_old=logp_old,
-        logp_ref=logp_old.clone(),
-    )
-    return batch, logp
-
-
 # token entropies of the fixed batch; (1, 1) is padding and must not count
 ENTROPY = torch.tensor([[1.0, 2.0], [0.5, 9.9]])
 
@@ -56,7 +32,7 @@ def loss_and_grads(objective, batch, logp, entropy=None):
 
 # ------------------------------------------------------------------ entropy regularisation
 @pytest.mark.parametrize("coef", [0.1, -0.1])
-def test_entropy_token_level_hand_computed(coef):
+def test_entropy_token_level_hand_computed(coef, fixed_batch):
     batch, logp = fixed_batch()
     grpo = GRPO(beta=0.0, scale_rewards="none")
     objective = EntropyGRPO(entropy_coef=coef, level="token", beta=0.0, scale_rewards="none")
@@ -72,7 +48,7 @@ def test_entropy_token_level_hand_computed(coef):
     torch.testing.assert_close(grad, base_grad)
 
 
-def test_entropy_sequence_level_hand_computed():
+def test_entropy_sequence_level_hand_computed(fixed_batch):
     batch, logp = fixed_batch()
     objective = EntropyGRPO(entropy_coef=0.1, level="sequence", beta=0.0, scale_rewards="none")
     assert not objective.needs_entropy
@@ -91,7 +67,7 @@ def test_entropy_sequence_level_hand_computed():
 
 
 @pytest.mark.parametrize("level", ["token", "sequence"])
-def test_entropy_coef_zero_equals_grpo(level):
+def test_entropy_coef_zero_equals_grpo(level, fixed_batch):
     batch, logp = fixed_batch()
     grpo = GRPO(beta=0.05)
     objective = EntropyGRPO(entropy_coef=0.0, level=level, beta=0.05)
@@ -112,7 +88,7 @@ D1 = 0.5 * (1 - LN(0.5))
 
 
 @pytest.mark.parametrize("apply_to,term", [("positive", -0.1 * D0), ("all", -0.1 * (D0 + D1) / 2)])
-def test_r1_zero_div_sampled_hand_computed(apply_to, term):
+def test_r1_zero_div_sampled_hand_computed(apply_to, term, fixed_batch):
     batch, logp = fixed_batch()
     grpo = GRPO(beta=0.0, scale_rewards="none")
     objective = R1ZeroDiv(diversity_coef=0.1, apply_to=apply_to, beta=0.0, scale_rewards="none")
@@ -125,7 +101,7 @@ def test_r1_zero_div_sampled_hand_computed(apply_to, term):
     assert float(out.metrics["div/term"]) == pytest.approx(term, abs=1e-6)
 
 
-def test_r1_zero_div_exact_estimator_hand_computed():
+def test_r1_zero_div_exact_estimator_hand_computed(fixed_batch):
     batch, logp = fixed_batch()
     objective = R1ZeroDiv(diversity_coef=0.1, estimator="exact", beta=0.0, scale_rewards="none")
     assert objective.needs_entropy
@@ -137,7 +113,7 @@ def test_r1_zero_div_exact_estimator_hand_computed():
     torch.testing.assert_close(entropy_grad, torch.tensor([[-0.05, -0.05], [0.0, 0.0]]))
 
 
-def test_r1_zero_div_lambda_zero_equals_grpo():
+def test_r1_zero_div_lambda_zero_equals_grpo(fixed_batch):
     batch, logp = fixed_batch()
     grpo = GRPO(beta=0.05)
     batch.advantages = grpo.group_advantages(batch)
@@ -147,7 +123,7 @@ def test_r1_zero_div_lambda_zero_equals_grpo():
     torch.testing.assert_close(grad_a, grad_b)
 
 
-def test_r1_zero_div_without_positives_adds_nothing():
+def test_r1_zero_div_without_positives_adds_nothing(fixed_batch):
     batch, logp = fixed_batch()
     batch.correct = torch.tensor([False, False])
     objective = R1ZeroDiv(diversity_coef=0.1, beta=0.0)
@@ -180,7 +156,7 @@ def test_r1_zero_div_gradient_raises_tokens_below_one_over_e():
     assert (new > probs).tolist() == [True, True, False, False]
 
 
-def test_r1_zero_div_micro_batches_add_up_to_the_minibatch_term():
+def test_r1_zero_div_micro_batches_add_up_to_the_minibatch_term(fixed_batch):
     batch, logp = fixed_batch()
     # two groups, four completions, two of them correct, in different micro-batches
     two = RolloutBatch.concat([batch, batch])
