@@ -201,7 +201,10 @@ def load_model(spec: ModelSpec) -> PreTrainedModel:
     except (OSError, ValueError) as err:
         raise _load_error(spec, "model", err) from err
     if spec.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2 (the old name warns)
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     model.train()
     return model
