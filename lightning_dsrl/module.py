@@ -82,8 +82,9 @@ class RLModule(LightningModule):
             (each such step is skipped, not applied).
         log_samples_every_n_steps: write a table of prompts, completions and rewards to TensorBoard
             every this many rollouts (0: never).
-        share_prompt_prefix: run each group's prompt once in the log-prob and training passes and
-            share its KV cache with the group's completions (same values, less compute).
+        share_prompt_prefix: run each group's prompt once in the log-prob and training passes, with its
+            completions packed behind it in one row (or sharing its KV cache), without padding between
+            them (same values, less compute; :mod:`lightning_dsrl.logprobs`).
         val_bootstrap: resamples of the bootstrap confidence interval of the validation pass@k curve
             (over problems; 0: no interval).
         val_confidence: coverage of that interval.
@@ -285,10 +286,7 @@ class RLModule(LightningModule):
         Logits exist for completion positions only, one micro-batch at a time, and the prompt
         of a group runs once (see :mod:`lightning_dsrl.logprobs`). Padded positions are zero.
         """
-        # a sharded model frees its gathered weights after each forward, which the backward of the shared
-        # prompt pass (two forwards in one graph) still needs: the plain path there (sharding.py)
-        share = self.share_prompt_prefix and not (torch.is_grad_enabled() and sharding.is_sharded(model))
-        logits = completion_logits(model, batch, share)  # [n, L, V], one micro-batch only
+        logits = completion_logits(model, batch, self.share_prompt_prefix)  # [n, L, V], one micro-batch only
         # float32 before the temperature: dividing bf16 logits rounds them to 8 bits of mantissa
         logits = logits.float()
         if batch.temperature != 1.0:
