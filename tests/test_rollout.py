@@ -45,19 +45,41 @@ def test_engine_returns_n_grouped_completions_cut_at_eos(module):
     assert module.policy.training  # the engine restores train mode
 
 
-def test_cut_strips_padding_after_eos_and_stop_strings(module):
+@pytest.mark.parametrize("drop", [False, True])
+def test_sampling_draws_what_generate_draws(module, monkeypatch, drop):
+    """Same seed, same warpers: token for token ``generate``'s samples until a row is dropped; dropping
+    stopped rows changes later draws (fewer rows sample) but never a row's own tokens before it."""
+    from transformers import GenerationConfig
+
+    import lightning_dsrl.rollout.hf as hf
+
+    monkeypatch.setattr(hf, "DROP_STOPPED_AT", 0.1 if drop else 2.0)  # drop at the first stop, or never
     tok = module.tokenizer
-    eos, pad = tok.eos_token_id, tok.pad_token_id
-    cut = HFEngine._cut
-    params = SamplingParams(max_new_tokens=6)
-    a, b = tok("ab")["input_ids"]
-    assert cut([a, b, eos, pad, pad, pad], [a], {eos}, pad, params, tok) == ([a, b, eos], True)
-    assert cut([a, pad, b, a, b, a], [a], {eos}, pad, params, tok) == ([a, pad, b, a, b, a], False)
-    stop = SamplingParams(max_new_tokens=6, stop=["ba"])
-    assert cut([b, a, pad, pad, pad, pad], [a], {eos}, pad, stop, tok) == ([b, a], True)
-    # the pad == eos case: the first "EOS" after a stop string is padding
-    assert cut([b, a, eos, eos], [a], {eos}, eos, stop, tok) == ([b, a], True)
-    assert cut([b, b, eos, eos], [a], {eos}, eos, stop, tok) == ([b, b, eos], True)
+    prompts = [tok(text)["input_ids"] for text in ("Numbers: 1 2 3\nTarget: 6\n", "ab")]
+    params = SamplingParams(n=4, temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=16)
+    engine = HFEngine(generation_batch_size=8)
+    engine.bind(module)
+    torch.manual_seed(3)
+    ours = engine.generate(prompts, params)
+    width = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts]).repeat_interleave(4, 0)
+    config = GenerationConfig(do_sample=True, temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=16,
+                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(3)
+    module.policy.eval()
+    theirs = module.policy.generate(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(),
+                                    generation_config=config)[:, width:].tolist()
+    module.policy.train()
+    cut = [row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row for row in theirs]
+    lengths = [len(c) for c in cut]
+    assert min(lengths) < 16 and any(not f for f in ours.finished), "rows stop at different steps"
+    if drop:
+        first_drop = min(lengths)
+        assert [c[:first_drop] for c in cut] == [c[:first_drop] for c in ours.token_ids]
+        assert ours.token_ids != cut
+    else:
+        assert ours.token_ids == cut
+        assert ours.finished == [c[-1] == tok.eos_token_id for c in cut]
 
 
 def test_chunks_keep_copies_together_and_respect_the_batch_size():
