@@ -9,6 +9,11 @@ chat template), reward (numeric answer + 0.1 format), prompts per step, G, max n
 temperature, KL beta, learning rate, dtype, threads. Each contender runs in its own
 subprocess so peak RSS is its own. Prints a table and writes JSON (``--output``).
 
+Log-prob memory: the reference log-prob pass over one step's completions (all at full length, the
+worst case), once in our micro-batches and once as a single micro-batch holding every completion
+(``[N, L, V]`` logits at once), each in its own process; the phase's peak RSS above what the
+process held before it (Linux ``/proc/self/clear_refs``).
+
 Bare bound: one batched HF ``generate`` of the step's completions, one policy forward+backward
 over the full prompt+completion sequences with full logits, one reference forward, one AdamW
 step, each timed alone (median of the measured steps). Our step as a multiple of it says how
@@ -51,13 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare", choices=["trl"], default=None, help="also run TRL's GRPOTrainer")
     p.add_argument("--smoke", action="store_true", help="tiny model, 2 steps, to check the script runs")
     p.add_argument("--output", default="bench/benchmark.json")
-    p.add_argument("--only", choices=["ours", "trl", "bare"], help=argparse.SUPPRESS)
+    p.add_argument("--only", choices=["ours", "trl", "bare", "logprobs-chunked", "logprobs-whole"],
+                   help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # handed on to the per-contender processes
     if args.smoke:
         args.steps, args.warmup, args.max_new_tokens = 2, 1, 8
-        args.num_prompts, args.num_generations = 2, 2
+        args.num_prompts, args.num_generations, args.micro_batch_size = 2, 2, 2
     if args.steps <= args.warmup:
         p.error("--steps must exceed --warmup")
     return args
@@ -105,6 +111,13 @@ def rewards():
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def median(values: list[float]) -> float:
@@ -214,6 +227,46 @@ def run_trl(args) -> dict:
             "steps_s": clock.steps}
 
 
+def run_logprob_memory(args, chunked: bool) -> dict:
+    """Peak RSS of the reference log-prob pass over one step's completions, all ``--max-new-tokens`` long."""
+    import torch
+
+    from lightning_dsrl.module import RLModule
+    from lightning_dsrl.objectives import GRPO
+    from lightning_dsrl.types import RolloutBatch
+
+    n = args.num_prompts * args.num_generations
+    module = RLModule(name_or_path=local_model(args), torch_dtype=args.dtype, objective=GRPO(beta=args.beta),
+                      micro_batch_size=args.micro_batch_size if chunked else n)
+    module.configure_model()
+    tok = module.tokenizer
+    prompts = [tok.apply_chat_template([{"role": "user", "content": r.prompt}], tokenize=False,
+                                       add_generation_prompt=True) for r in task_records(args)[: args.num_prompts]]
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(map(len, prompts))
+    prompt_ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    generator = torch.Generator().manual_seed(0)
+    length = args.max_new_tokens
+    rollout = RolloutBatch(
+        prompt_ids=prompt_ids.repeat_interleave(args.num_generations, 0),
+        prompt_mask=(torch.arange(width) >= width - torch.tensor([len(p) for p in prompts])[:, None]
+                     ).repeat_interleave(args.num_generations, 0),
+        completion_ids=torch.randint(len(tok), (n, length), generator=generator),
+        completion_mask=torch.ones((n, length), dtype=torch.bool),
+        group_ids=torch.arange(args.num_prompts).repeat_interleave(args.num_generations),
+        rewards=torch.zeros(n), correct=torch.zeros(n, dtype=torch.bool), truncated=torch.ones(n, dtype=torch.bool),
+    )
+    before = rss_mb()
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current RSS
+    start = time.perf_counter()
+    module.reference_logprobs(rollout)
+    seconds = time.perf_counter() - start
+    vocab = module.policy.get_output_embeddings().weight.shape[0]
+    return {"micro_batch_size": module.micro_batch_size, "completions": n, "seconds": seconds,
+            "phase_peak_mb": rss_mb("VmHWM") - before,
+            "logits_mb_per_micro_batch": module.micro_batch_size * length * vocab * 4 / 2**20}
+
+
 def run_bare(args) -> dict:
     """The naive minimum of one step, each part timed alone."""
     import copy
@@ -288,7 +341,9 @@ def main(argv: list[str] | None = None) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
-        out = {"ours": run_ours, "trl": run_trl, "bare": run_bare}[args.only](args)
+        out = {"ours": run_ours, "trl": run_trl, "bare": run_bare,
+               "logprobs-chunked": lambda a: run_logprob_memory(a, chunked=True),
+               "logprobs-whole": lambda a: run_logprob_memory(a, chunked=False)}[args.only](args)
         Path(args.result).write_text(json.dumps(out))
         return out
     settings = {k: v for k, v in vars(args).items() if k not in ("only", "result", "output", "argv")}
@@ -296,6 +351,8 @@ def main(argv: list[str] | None = None) -> dict:
     report["ours"] = run_child(args, "ours")
     report["bare"] = run_child(args, "bare")
     report["ours_over_bare"] = report["ours"]["median_step_s"] / report["bare"]["median_step_s"]
+    report["logprob_memory"] = {"chunked": run_child(args, "logprobs-chunked"),
+                                "unchunked": run_child(args, "logprobs-whole")}
     if args.compare == "trl":
         report["trl"] = run_child(args, "trl")
         report["ours_over_trl"] = report["ours"]["median_step_s"] / report["trl"]["median_step_s"]
@@ -317,6 +374,10 @@ def print_table(report: dict) -> None:
     print(f"\nours / bare bound: {report['ours_over_bare']:.2f}x")
     if "trl" in report:
         print(f"ours / TRL: {report['ours_over_trl']:.2f}x   peak RSS ours / TRL: {report['rss_ours_over_trl']:.2f}x")
+    memory = report["logprob_memory"]
+    print("reference log-prob pass, peak RSS above its start: " + ", ".join(
+        f"micro-batch {m['micro_batch_size']}: {m['phase_peak_mb']:.0f} MB in {m['seconds']:.1f} s"
+        f" ({m['logits_mb_per_micro_batch']:.0f} MB of fp32 logits at once)" for m in memory.values()))
     print("our phases (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in report["ours"]["phases_s"].items()))
     print("bare parts (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in report["bare"]["parts_s"].items()))
 

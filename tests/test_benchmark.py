@@ -24,3 +24,7 @@ def test_benchmark_smoke_writes_complete_json(tmp_path):
     assert len(ours["steps_s"]) == report["settings"]["steps"]
     assert set(bare["parts_s"]) == {"generate", "policy_forward_backward", "reference_forward", "optimizer_step"}
     assert bare["median_step_s"] > 0 and report["ours_over_bare"] > 0
+    chunked, whole = report["logprob_memory"]["chunked"], report["logprob_memory"]["unchunked"]
+    assert whole["micro_batch_size"] == whole["completions"] > chunked["micro_batch_size"]
+    for m in (chunked, whole):
+        assert m["phase_peak_mb"] >= 0 and m["seconds"] > 0 and m["logits_mb_per_micro_batch"] > 0
