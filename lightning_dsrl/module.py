@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import torch
 from lightning import LightningModule
+from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
@@ -362,9 +363,31 @@ class RLModule(LightningModule):
         metrics = self.update(rollout)
         t_update = time.perf_counter() - start
         self._rollouts_seen += 1
-        self._log_rollout(rollout, metrics, {"timing/logprobs": t_logprobs, "timing/update": t_update})
+        timings = {"timing/logprobs": t_logprobs, "timing/update": t_update, **self._update_throughput(rollout, t_update)}
+        self._log_rollout(rollout, metrics, timings)
         if self.log_samples_every_n_steps and (self._rollouts_seen - 1) % self.log_samples_every_n_steps == 0:
             self._log_samples(rollout)
+
+    def _update_throughput(self, rollout: RolloutBatch, seconds: float) -> dict[str, float]:
+        """Trained tokens per second of the update and its model FLOP/s: 6 x parameters per token (4 with LoRA,
+        whose frozen weights get no weight gradient) over the completion tokens and each group's prompt once,
+        per pass (``ppo_epochs``); MFU against the device's peak from Lightning's table of accelerators
+        (``get_available_flops``: GPUs and TPUs it knows, never a CPU). This rank's share."""
+        if not hasattr(self, "_flops_per_token"):
+            params = sum(p.numel() for p in self.policy.parameters())
+            self._flops_per_token = (4 if self.lora is not None else 6) * params
+            dtype = next(self.policy.parameters()).dtype
+            self._peak_flops = get_available_flops(self.device, dtype) if self.device.type != "cpu" else None
+        _, inverse, counts = torch.unique(rollout.group_ids, return_inverse=True, return_counts=True)
+        prompt_tokens = float((rollout.prompt_mask.sum(-1) / counts[inverse]).sum())
+        completion_tokens = float(rollout.completion_mask.sum())
+        seconds = max(seconds, 1e-9)
+        flops = self._flops_per_token * (prompt_tokens + completion_tokens) * self.ppo_epochs / seconds
+        out = {"timing/trained_tokens_per_s": completion_tokens * self.ppo_epochs / seconds,
+               "timing/update_tflops_per_s": flops / 1e12}
+        if self._peak_flops:
+            out["timing/update_mfu"] = flops / self._peak_flops
+        return out
 
     def update(self, rollout: RolloutBatch) -> dict[str, float]:
         """``ppo_epochs x minibatches`` optimizer steps on one rollout; returns averaged metrics."""

@@ -89,3 +89,15 @@ def test_checkpoint_leaves_out_the_reference(tiny_model_dir):
     assert any(k.startswith("reference.") for k in checkpoint["state_dict"])
     module.on_save_checkpoint(checkpoint)
     assert checkpoint["state_dict"] and not any(k.startswith("reference.") for k in checkpoint["state_dict"])
+
+
+def test_update_throughput_counts_each_groups_prompt_once(tiny_model_dir, fixed_batch):
+    module = make_module(tiny_model_dir, ppo_epochs=2)
+    batch, _ = fixed_batch()  # one group: prompt of 1 token, completions of 2 and 1 tokens
+    params = sum(p.numel() for p in module.policy.parameters())
+    out = module._update_throughput(batch, seconds=2.0)
+    assert out["timing/trained_tokens_per_s"] == pytest.approx(3 * 2 / 2.0)
+    assert out["timing/update_tflops_per_s"] == pytest.approx(6 * params * (1 + 3) * 2 / 2.0 / 1e12)
+    assert "timing/update_mfu" not in out  # a CPU has no peak in Lightning's table
+    module._peak_flops = 1e12
+    assert module._update_throughput(batch, seconds=2.0)["timing/update_mfu"] == pytest.approx(6 * params * 8 / 2 / 1e12)
