@@ -3,6 +3,7 @@
     python scripts/benchmark.py                      # ours + bare bound, SmolLM2-135M, CPU
     python scripts/benchmark.py --compare trl        # ... and TRL's GRPOTrainer (pip install -e ".[bench]")
     python scripts/benchmark.py --smoke              # a tiny model, 2 steps: checks the script, not speed
+    python scripts/benchmark.py --device cuda --model Qwen/Qwen2.5-0.5B-Instruct --gguf-file '' --dtype bfloat16
 
 Every setting is shared by the contenders: model, prompts (two-digit addition through the
 chat template), reward (numeric answer + 0.1 format), prompts per step, G, max new tokens,
@@ -12,7 +13,11 @@ subprocess so peak RSS is its own. Prints a table and writes JSON (``--output``)
 Log-prob memory: the reference log-prob pass over one step's completions (all at full length, the
 worst case), once in our micro-batches and once as a single micro-batch holding every completion
 (``[N, L, V]`` logits at once), each in its own process; the phase's peak RSS above what the
-process held before it (Linux ``/proc/self/clear_refs``).
+process held before it (Linux ``/proc/self/clear_refs``; on a GPU, torch's peak allocation).
+
+Throughput: generated tokens/s, trained tokens/s and the update's model TFLOP/s (6 x parameters
+x tokens, each group's prompt once), as every run logs them (``timing/*``); MFU where Lightning
+knows the GPU's peak (``--device cuda``).
 
 Bare bound: one batched HF ``generate`` of the step's completions, one policy forward+backward
 over the full prompt+completion sequences with full logits, one reference forward, one AdamW
@@ -50,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=6, help="training steps per contender")
     p.add_argument("--warmup", type=int, default=1, help="first steps left out of the median")
     p.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: one GPU; adds peak allocated GPU memory and, on GPUs Lightning knows, MFU")
     p.add_argument("--micro-batch-size", type=int, default=8,
                    help="ours: completions per forward/backward (backward activations scale with it: 8 measured "
                         "4.8 GB peak RSS vs 6.5 GB at 16, and no slower)")
@@ -66,6 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.num_prompts, args.num_generations, args.micro_batch_size = 2, 2, 2
     if args.steps <= args.warmup:
         p.error("--steps must exceed --warmup")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--device cuda: torch sees no CUDA GPU here")
     return args
 
 
@@ -113,6 +125,25 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def peak_memory(args) -> dict:
+    """Peak RSS of this process, and on a GPU the peak memory torch allocated there."""
+    out = {"peak_rss_mb": peak_rss_mb()}
+    if args.device == "cuda":
+        import torch
+
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def now(args) -> float:
+    """A clock reading after the GPU's queued work is done (CUDA runs asynchronously)."""
+    if args.device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def rss_mb(field: str = "VmRSS") -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -146,16 +177,17 @@ def run_ours(args) -> dict:
             self.steps: list[dict] = []
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            self.start = time.perf_counter()
+            self.start = now(args)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            wall = time.perf_counter() - self.start
+            wall = now(args) - self.start
             m = {k: float(v) for k, v in trainer.callback_metrics.items()}
             rollout = batch.rollout
             self.steps.append({
                 "seconds": wall,
                 **{p: m.get(f"timing/{p}", 0.0) for p in PHASES},
                 "generated_tokens": float(rollout.completion_mask.sum()),
+                **{k: m[f"timing/{k}"] for k in ("update_tflops_per_s", "update_mfu") if f"timing/{k}" in m},
             })
 
     module = RLModule(name_or_path=local_model(args), torch_dtype=args.dtype, learning_rate=args.lr,
@@ -165,7 +197,7 @@ def run_ours(args) -> dict:
     rollout = RolloutCallback(rewards=[NumericAnswerReward(), FormatReward(weight=0.1)],
                               num_generations=args.num_generations, temperature=args.temperature,
                               max_new_tokens=args.max_new_tokens)
-    trainer = Trainer(max_steps=args.steps, accelerator="cpu", devices=1, logger=False,
+    trainer = Trainer(max_steps=args.steps, accelerator="gpu" if args.device == "cuda" else "cpu", devices=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       num_sanity_val_steps=0, limit_val_batches=0, callbacks=[recorder, rollout])
     torch.manual_seed(0)
@@ -177,7 +209,9 @@ def run_ours(args) -> dict:
         "phases_s": {p: median([s[p] for s in steps]) for p in PHASES},
         "generated_tokens_per_s": sum(s["generated_tokens"] for s in steps) / max(sum(s["generate"] for s in steps), 1e-9),
         "trained_tokens_per_s": sum(s["generated_tokens"] for s in steps) / max(sum(s["update"] for s in steps), 1e-9),
-        "peak_rss_mb": peak_rss_mb(),
+        "update_tflops_per_s": median([s["update_tflops_per_s"] for s in steps]),
+        "update_mfu": median([s["update_mfu"] for s in steps]) if "update_mfu" in steps[0] else None,
+        **peak_memory(args),
         "steps_s": [s["seconds"] for s in recorder.steps],
     }
 
@@ -204,17 +238,17 @@ def run_trl(args) -> dict:
             self.steps: list[float] = []
 
         def on_step_begin(self, a, state, control, **kw):
-            self.start = time.perf_counter()
+            self.start = now(args)
 
         def on_step_end(self, a, state, control, **kw):
-            self.steps.append(time.perf_counter() - self.start)
+            self.steps.append(now(args) - self.start)
 
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-trl-"), per_device_train_batch_size=args.num_prompts * args.num_generations,
         num_generations=args.num_generations, max_completion_length=args.max_new_tokens,
         temperature=args.temperature, top_p=1.0, top_k=0, beta=args.beta, learning_rate=args.lr,
         loss_type="grpo", scale_rewards="group", num_iterations=1, max_steps=args.steps,
-        gradient_checkpointing=False, use_cpu=True, bf16=args.dtype == "bfloat16", logging_steps=1,
+        gradient_checkpointing=False, use_cpu=args.device == "cpu", bf16=args.dtype == "bfloat16", logging_steps=1,
         report_to="none", save_strategy="no", shuffle_dataset=False, seed=0,
         model_init_kwargs={"dtype": getattr(torch, args.dtype)},
     )
@@ -223,8 +257,7 @@ def run_trl(args) -> dict:
                           reward_funcs=[reward_fn], args=config, train_dataset=dataset,
                           processing_class=AutoTokenizer.from_pretrained(path), callbacks=[clock])
     trainer.train()
-    return {"median_step_s": median(clock.steps[args.warmup :]), "peak_rss_mb": peak_rss_mb(),
-            "steps_s": clock.steps}
+    return {"median_step_s": median(clock.steps[args.warmup :]), **peak_memory(args), "steps_s": clock.steps}
 
 
 def run_logprob_memory(args, chunked: bool) -> dict:
@@ -239,6 +272,7 @@ def run_logprob_memory(args, chunked: bool) -> dict:
     module = RLModule(name_or_path=local_model(args), torch_dtype=args.dtype, objective=GRPO(beta=args.beta),
                       micro_batch_size=args.micro_batch_size if chunked else n)
     module.configure_model()
+    module.to(args.device)
     tok = module.tokenizer
     prompts = [tok.apply_chat_template([{"role": "user", "content": r.prompt}], tokenize=False,
                                        add_generation_prompt=True) for r in task_records(args)[: args.num_prompts]]
@@ -255,15 +289,20 @@ def run_logprob_memory(args, chunked: bool) -> dict:
         completion_mask=torch.ones((n, length), dtype=torch.bool),
         group_ids=torch.arange(args.num_prompts).repeat_interleave(args.num_generations),
         rewards=torch.zeros(n), correct=torch.zeros(n, dtype=torch.bool), truncated=torch.ones(n, dtype=torch.bool),
-    )
-    before = rss_mb()
-    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current RSS
-    start = time.perf_counter()
+    ).to(torch.device(args.device))
+    gpu = args.device == "cuda"
+    before = torch.cuda.memory_allocated() if gpu else rss_mb()
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current RSS
+    start = now(args)
     module.reference_logprobs(rollout)
-    seconds = time.perf_counter() - start
+    seconds = now(args) - start
+    peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if gpu else rss_mb("VmHWM") - before
     vocab = module.policy.get_output_embeddings().weight.shape[0]
     return {"micro_batch_size": module.micro_batch_size, "completions": n, "seconds": seconds,
-            "phase_peak_mb": rss_mb("VmHWM") - before,
+            "memory": "GPU allocated" if gpu else "RSS", "phase_peak_mb": peak,
             "logits_mb_per_micro_batch": module.micro_batch_size * length * vocab * 4 / 2**20}
 
 
@@ -277,7 +316,8 @@ def run_bare(args) -> dict:
     path = local_model(args)
     tok = AutoTokenizer.from_pretrained(path)
     dtype = getattr(torch, args.dtype)
-    policy = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    device = torch.device(args.device)
+    policy = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr)
     records = task_records(args)
@@ -293,32 +333,32 @@ def run_bare(args) -> dict:
                                          add_generation_prompt=True) for r in chunk]
         tok.padding_side = "left"
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        ids = enc["input_ids"].repeat_interleave(args.num_generations, 0)
-        mask = enc["attention_mask"].repeat_interleave(args.num_generations, 0)
+        ids = enc["input_ids"].repeat_interleave(args.num_generations, 0).to(device)
+        mask = enc["attention_mask"].repeat_interleave(args.num_generations, 0).to(device)
         policy.eval()
-        t = time.perf_counter()
+        t = now(args)
         with torch.no_grad():
             out = policy.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
-        times["generate"].append(time.perf_counter() - t)
+        times["generate"].append(now(args) - t)
         full_mask = torch.cat([mask, (out[:, ids.shape[1]:] != pad).long()], dim=1)
         labels = out[:, 1:]
         policy.train()
-        t = time.perf_counter()
+        t = now(args)
         logits = policy(input_ids=out, attention_mask=full_mask).logits[:, :-1]
         logp = torch.log_softmax(logits.float(), -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
         (-(logp * full_mask[:, 1:]).sum() / full_mask[:, 1:].sum()).backward()
-        times["policy_forward_backward"].append(time.perf_counter() - t)
+        times["policy_forward_backward"].append(now(args) - t)
         del logits, logp
-        t = time.perf_counter()
+        t = now(args)
         with torch.no_grad():
             reference(input_ids=out, attention_mask=full_mask)
-        times["reference_forward"].append(time.perf_counter() - t)
-        t = time.perf_counter()
+        times["reference_forward"].append(now(args) - t)
+        t = now(args)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        times["optimizer_step"].append(time.perf_counter() - t)
+        times["optimizer_step"].append(now(args) - t)
     parts = {k: median(v[args.warmup :]) for k, v in times.items()}
-    return {"median_step_s": sum(parts.values()), "parts_s": parts, "peak_rss_mb": peak_rss_mb()}
+    return {"median_step_s": sum(parts.values()), "parts_s": parts, **peak_memory(args)}
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -368,17 +408,23 @@ def print_table(report: dict) -> None:
     rows = [("ours", report["ours"]), ("bare bound", report["bare"])]
     if "trl" in report:
         rows.append(("TRL GRPOTrainer", report["trl"]))
-    print(f"\n{'':18}{'median s/step':>15}{'peak RSS MB':>14}")
+    gpu = "peak_gpu_mb" in report["ours"]
+    print(f"\n{'':18}{'median s/step':>15}{'peak RSS MB':>14}" + (f"{'peak GPU MB':>14}" if gpu else ""))
     for name, r in rows:
-        print(f"{name:18}{r['median_step_s']:>15.2f}{r['peak_rss_mb']:>14.0f}")
+        print(f"{name:18}{r['median_step_s']:>15.2f}{r['peak_rss_mb']:>14.0f}"
+              + (f"{r['peak_gpu_mb']:>14.0f}" if gpu else ""))
     print(f"\nours / bare bound: {report['ours_over_bare']:.2f}x")
     if "trl" in report:
         print(f"ours / TRL: {report['ours_over_trl']:.2f}x   peak RSS ours / TRL: {report['rss_ours_over_trl']:.2f}x")
+    ours = report["ours"]
+    mfu = f", MFU {ours['update_mfu']:.1%}" if ours["update_mfu"] is not None else " (MFU: no peak FLOP/s known here)"
+    print(f"our update: {ours['trained_tokens_per_s']:.0f} trained tokens/s, {ours['update_tflops_per_s']:.3f} TFLOP/s{mfu};"
+          f" generation: {ours['generated_tokens_per_s']:.0f} tokens/s")
     memory = report["logprob_memory"]
-    print("reference log-prob pass, peak RSS above its start: " + ", ".join(
-        f"micro-batch {m['micro_batch_size']}: {m['phase_peak_mb']:.0f} MB in {m['seconds']:.1f} s"
+    print("reference log-prob pass, peak memory above its start: " + ", ".join(
+        f"micro-batch {m['micro_batch_size']}: {m['phase_peak_mb']:.0f} MB {m['memory']} in {m['seconds']:.1f} s"
         f" ({m['logits_mb_per_micro_batch']:.0f} MB of fp32 logits at once)" for m in memory.values()))
-    print("our phases (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in report["ours"]["phases_s"].items()))
+    print("our phases (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in ours["phases_s"].items()))
     print("bare parts (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in report["bare"]["parts_s"].items()))
 
 

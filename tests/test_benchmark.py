@@ -18,8 +18,9 @@ def test_benchmark_smoke_writes_complete_json(tmp_path):
     benchmark.main(["--smoke", "--output", str(out)])
     report = json.loads(out.read_text())
     ours, bare = report["ours"], report["bare"]
-    for key in ("median_step_s", "generated_tokens_per_s", "trained_tokens_per_s", "peak_rss_mb"):
+    for key in ("median_step_s", "generated_tokens_per_s", "trained_tokens_per_s", "update_tflops_per_s", "peak_rss_mb"):
         assert math.isfinite(ours[key]) and ours[key] > 0, key
+    assert ours["update_mfu"] is None  # a CPU has no peak FLOP/s in Lightning's table
     assert set(ours["phases_s"]) == set(benchmark.PHASES)
     assert len(ours["steps_s"]) == report["settings"]["steps"]
     assert set(bare["parts_s"]) == {"generate", "policy_forward_backward", "reference_forward", "optimizer_step"}
