@@ -363,7 +363,8 @@ class RLModule(LightningModule):
         metrics = self.update(rollout)
         t_update = time.perf_counter() - start
         self._rollouts_seen += 1
-        timings = {"timing/logprobs": t_logprobs, "timing/update": t_update, **self._update_throughput(rollout, t_update)}
+        timings = {"timing/logprobs": t_logprobs, "timing/update": t_update, "timing/optimizer": self._t_optimizer,
+                   **self._update_throughput(rollout, t_update)}
         self._log_rollout(rollout, metrics, timings)
         if self.log_samples_every_n_steps and (self._rollouts_seen - 1) % self.log_samples_every_n_steps == 0:
             self._log_samples(rollout)
@@ -397,6 +398,7 @@ class RLModule(LightningModule):
         weights: dict[str, float] = defaultdict(float)
         generator = self._shuffle if self.minibatches > 1 else None
         self._logprob_diff = [0.0, 0.0]
+        self._t_optimizer = 0.0  # clipping, the optimizer and scheduler steps (the rest of the update: forward/backward)
         for epoch in range(self.ppo_epochs):
             for minibatch in rollout.minibatches(self.minibatches, generator):
                 finite = True
@@ -430,6 +432,7 @@ class RLModule(LightningModule):
                         weights[name] += weight
                     if epoch == 0:  # the policy's entropy on its samples, each sample counted once
                         self.train_metrics.entropy.update(entropy.detach(), micro.completion_mask, micro.correct)
+                start = time.perf_counter()
                 grad_norm = self._clip_gradients()
                 if not self._on_all_ranks(finite and math.isfinite(grad_norm)):
                     self._skip_step(optimizer, nonfinite=True)
@@ -443,6 +446,7 @@ class RLModule(LightningModule):
                         optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
+                self._t_optimizer += time.perf_counter() - start
         # rank r's minibatch loss is W S_r / T (see sharding.global_totals): over ranks they add up to W times the loss
         weights.update(dict.fromkeys(_LOSS_SHARES, float(self.ppo_epochs * self.minibatches)))
         # sample-weighted means over every rank's micro-batches (the loss: the global minibatch loss)

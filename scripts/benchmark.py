@@ -38,7 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
-PHASES = ("generate", "score", "logprobs", "update", "weight_sync")
+# seconds per step; update = forward_backward + optimizer (clipping, AdamW, scheduler); metrics: logging them
+PHASES = ("generate", "score", "logprobs", "update", "forward_backward", "optimizer", "weight_sync", "metrics")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -186,6 +187,7 @@ def run_ours(args) -> dict:
             self.steps.append({
                 "seconds": wall,
                 **{p: m.get(f"timing/{p}", 0.0) for p in PHASES},
+                "forward_backward": m.get("timing/update", 0.0) - m.get("timing/optimizer", 0.0),
                 "generated_tokens": float(rollout.completion_mask.sum()),
                 **{k: m[f"timing/{k}"] for k in ("update_tflops_per_s", "update_mfu") if f"timing/{k}" in m},
             })

@@ -72,7 +72,7 @@ def test_fit_through_the_cli_writes_a_run_directory(tmp_path, tiny_model_dir):
         "train/reward_mean", "train/reward_std", "train/correct_rate", "passk/pass@4", "train/zero_signal_groups",
         "train/completion_length", "train/kl", "train/clip_fraction", "train/entropy", "train/grad_norm",
         "train/lr", "train/ds/smoothing_incorrect", "timing/generate", "timing/score", "timing/logprobs",
-        "timing/update", "timing/trained_tokens_per_s", "timing/update_tflops_per_s", "reward/countdown",
+        "timing/update", "timing/optimizer", "timing/trained_tokens_per_s", "timing/update_tflops_per_s", "reward/countdown",
         "reward/format", "diversity/distinct_correct",
     }
     assert expected <= tags, expected - tags
