@@ -122,6 +122,30 @@ def test_stop_strings_end_completions(module):
     assert out == text[:expected_end] and stopped.finished[0]
 
 
+def test_stop_strings_match_like_generate_with_overhanging_tokens():
+    """``StopStringCriteria``'s own examples: the stop string must overlap the last token, which may overhang."""
+
+    class Words:
+        vocab = ["st", "op", "stop", "opera", "las", "topper", "at", "sto", "pper", "x"]
+
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(self.vocab[i] for i in ids)
+
+    class Bound:
+        tokenizer = Words()
+
+    engine = HFEngine()
+    engine.module = Bound()
+    w = {word: i for i, word in enumerate(Words.vocab)}
+
+    def hits(*words, prompt=()):
+        return engine._hits_stop([w[p] for p in prompt], [w[x] for x in words], tail=5, stop=["stop"])
+
+    assert hits("st", "op") and hits("stop") and hits("st", "opera") and hits("sto", "pper") and hits("las", "topper")
+    assert hits("op", prompt=("x", "st"))  # matched on prompt + completion, as generate does
+    assert not hits("stop", "at") and not hits("st", "op", "at") and not hits("x") and not hits("x", prompt=("stop",))
+
+
 def test_callback_builds_a_scored_rollout_batch(module):
     task = CountdownTask(num_numbers=3, max_number=10, num_train=8, num_val=2)
     records = task.records("train")[:3]

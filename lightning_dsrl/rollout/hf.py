@@ -186,8 +186,8 @@ class HFEngine(RolloutEngine):
     def _decode(self, model, input_ids: Tensor, attention: Tensor, copies: Tensor, prompts: list[list[int]],
                 params: SamplingParams) -> tuple[list[list[int]], list[bool]]:
         """Sample up to ``max_new_tokens`` tokens for each of the ``sum(copies)`` rows, one token per forward
-        with the KV cache. A row stops at an EOS token (kept) or when prompt + completion ends with a stop
-        string; stopped rows leave the batch (with their cache, ``DROP_STOPPED_AT``), so the short completions
+        with the KV cache. A row stops at an EOS token (kept) or at a token that completes a stop string
+        (kept whole); stopped rows leave the batch (with their cache, ``DROP_STOPPED_AT``), so the short completions
         of a batch do not step along with the long ones.
 
         A sharded model's forward is a collective: every rank then steps until the last rank is done,
@@ -219,7 +219,7 @@ class HFEngine(RolloutEngine):
                     continue
                 row = live[b]
                 out[row].append(token)
-                if token in eos or (params.stop and self._ends_with_stop(prompts[row], out[row], tail, params.stop)):
+                if token in eos or (params.stop and self._hits_stop(prompts[row], out[row], tail, params.stop)):
                     stopped[b] = finished[row] = True
             alive = stopped.count(False)
             if step == params.max_new_tokens - 1 or (sharding.passes_on_all_ranks(alive, feed.device) if synced
@@ -235,11 +235,13 @@ class HFEngine(RolloutEngine):
             position = position + 1
         return out, finished
 
-    def _ends_with_stop(self, prompt: list[int], completion: list[int], tail: int, stop: list[str]) -> bool:
-        """Whether the text of prompt + completion (what ``generate`` matches too) ends with a stop string;
-        only its last ``tail`` tokens are decoded (each is at least one character)."""
+    def _hits_stop(self, prompt: list[int], completion: list[int], tail: int, stop: list[str]) -> bool:
+        """Whether a stop string occurs in the text of prompt + completion overlapping its last token, which may
+        run past it (``generate``'s ``StopStringCriteria``: ``["st", "opera"]`` hits ``stop``, ``["stop", "at"]``
+        does not). Only the last ``tail`` tokens are decoded (each is at least one character)."""
         ids = completion[-tail:]
         if len(ids) < tail:
             ids = prompt[len(prompt) - (tail - len(ids)) :] + ids
-        text = self.module.tokenizer.decode(ids, skip_special_tokens=True)
-        return any(text.endswith(s) for s in stop)
+        decode = self.module.tokenizer.decode
+        before, text = decode(ids[:-1], skip_special_tokens=True), decode(ids, skip_special_tokens=True)
+        return any((at := text.rfind(s)) >= 0 and at + len(s) > len(before) for s in stop)
