@@ -119,10 +119,12 @@ def _packed(model, batch: RolloutBatch, first: Tensor, inverse: Tensor) -> Tenso
     causal = torch.ones((cols, cols), dtype=torch.bool, device=ids.device).tril()
     seg_q, seg_k = segments[:, :, None], segments[:, None, :]
     allowed = causal & ((seg_k == 0) | (seg_k == seg_q))  # [U, T, T]: own prompt and own completion only
-    dtype = next(model.parameters()).dtype
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=ids.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    if _attention(model) == "sdpa":  # boolean, True = attend: valid whatever dtype the attention computes in
+        mask = allowed[:, None]
+    else:  # eager adds the mask to the scores
+        mask = torch.zeros(allowed[:, None].shape, device=ids.device).masked_fill(~allowed[:, None], torch.finfo().min)
     start = int(predictor.min())
-    out = model(input_ids=ids, attention_mask=mask[:, None], position_ids=positions, use_cache=False,
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
                 logits_to_keep=cols - start)
     return out.logits[inverse[:, None], predictor - start]  # [n, L, V]
 

@@ -123,3 +123,14 @@ def test_gradient_checkpointing_packs_but_never_uses_the_cache(tiny_model_dir, s
         (logits * rollout.completion_mask[..., None]).sum().backward()  # recomputation must not fail
     assert taken == ["_plain", "_packed", "_plain"]  # the cache would be appended to twice on recomputation
     assert all(p.grad is not None for p in module.policy.parameters())
+
+
+def test_packing_under_bf16_autocast(setup, taken):
+    """Lightning's bf16-mixed: fp32 weights, bf16 attention; the boolean mask suits any compute dtype."""
+    module, rollout = setup
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        packed = completion_logits(module.policy, rollout).float()
+        plain = completion_logits(module.policy, rollout, share_prefix=False).float()
+    assert taken == ["_packed", "_plain"]
+    mask = rollout.completion_mask
+    torch.testing.assert_close(packed[mask], plain[mask], atol=0.1, rtol=0.05)
