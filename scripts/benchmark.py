@@ -268,6 +268,7 @@ def run_logprob_memory(args, chunked: bool) -> dict:
 
     from lightning_dsrl.module import RLModule
     from lightning_dsrl.objectives import GRPO
+    from lightning_dsrl.rollout.padding import pad_left
     from lightning_dsrl.types import RolloutBatch
 
     n = args.num_prompts * args.num_generations
@@ -278,15 +279,12 @@ def run_logprob_memory(args, chunked: bool) -> dict:
     tok = module.tokenizer
     prompts = [tok.apply_chat_template([{"role": "user", "content": r.prompt}], tokenize=False,
                                        add_generation_prompt=True) for r in task_records(args)[: args.num_prompts]]
-    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    width = max(map(len, prompts))
-    prompt_ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    prompt_ids, prompt_mask = pad_left([tok(p, add_special_tokens=False)["input_ids"] for p in prompts], tok.pad_token_id)
     generator = torch.Generator().manual_seed(0)
     length = args.max_new_tokens
     rollout = RolloutBatch(
         prompt_ids=prompt_ids.repeat_interleave(args.num_generations, 0),
-        prompt_mask=(torch.arange(width) >= width - torch.tensor([len(p) for p in prompts])[:, None]
-                     ).repeat_interleave(args.num_generations, 0),
+        prompt_mask=prompt_mask.repeat_interleave(args.num_generations, 0),
         completion_ids=torch.randint(len(tok), (n, length), generator=generator),
         completion_mask=torch.ones((n, length), dtype=torch.bool),
         group_ids=torch.arange(args.num_prompts).repeat_interleave(args.num_generations),

@@ -26,6 +26,7 @@ from lightning_dsrl.errors import ConfigError, TrainingError
 from lightning_dsrl.rewards.base import CompositeReward, RewardModule
 from lightning_dsrl.rollout.engine import RolloutEngine, SamplingParams
 from lightning_dsrl.rollout.hf import HFEngine
+from lightning_dsrl.rollout.padding import pad_left, pad_right
 from lightning_dsrl.types import PromptBatch, PromptRecord, RolloutBatch
 
 if TYPE_CHECKING:
@@ -43,30 +44,6 @@ def _training_records(trainer: Trainer) -> list[PromptRecord]:
         raise ConfigError("rollout.dynamic_sampling draws fresh prompts from the training dataset, but the train "
                           "dataloader has no `dataset.records`; use PromptDataModule or set dynamic_sampling: false")
     return list(records)
-
-
-def pad_left(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[N, P]`` ids and bool mask, each row right-aligned (prompts)."""
-    width = max((len(r) for r in rows), default=0)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = True
-    return ids, mask
-
-
-def pad_right(rows: list[list[int]], pad: int, min_width: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[N, L]`` ids and bool mask, each row left-aligned (completions); at least ``min_width`` wide."""
-    width = max([min_width] + [len(r) for r in rows])
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
-    return ids, mask
 
 
 class RolloutCallback(Callback):

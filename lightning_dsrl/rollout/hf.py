@@ -31,6 +31,7 @@ from lightning_dsrl import sharding
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.models import load_model
 from lightning_dsrl.rollout.engine import Generation, RolloutEngine, SamplingParams
+from lightning_dsrl.rollout.padding import pad_left
 
 if TYPE_CHECKING:
     from lightning_dsrl.module import RLModule
@@ -168,15 +169,11 @@ class HFEngine(RolloutEngine):
         try:
             for chunk in self._chunks(len(prompt_ids), params.n):
                 prompts = [prompt_ids[i] for i, _ in chunk]
-                width = max(len(ids) for ids in prompts)
-                input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
-                attention = torch.zeros((len(prompts), width), dtype=torch.long)
-                for row, ids in enumerate(prompts):
-                    input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-                    attention[row, width - len(ids) :] = 1
+                input_ids, attention = pad_left(prompts, tokenizer.pad_token_id)
                 copies = torch.tensor([c for _, c in chunk], device=device)
                 expanded = [ids for ids, (_, c) in zip(prompts, chunk) for _ in range(c)]
-                ids, done = self._decode(model, input_ids.to(device), attention.to(device), copies, expanded, params)
+                ids, done = self._decode(model, input_ids.to(device), attention.long().to(device), copies, expanded,
+                                         params)
                 token_ids += ids
                 finished += done
         finally:
