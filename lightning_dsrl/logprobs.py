@@ -72,26 +72,25 @@ def _shared_prefix(model, batch: RolloutBatch, length: int, first: Tensor, inver
     return out.logits[:, -length:]
 
 
-def _packed_layout(batch: RolloutBatch, first: Tensor, inverse: Tensor) -> tuple[Tensor, ...]:
+def _packed_layout(batch: RolloutBatch, first: Tensor, inverse: Tensor, fed: Tensor, prompt_len: Tensor,
+                   row_fed: Tensor) -> tuple[Tensor, ...]:
     """Token, position and segment ids ``[U, T]`` of one row per group: its prompt (without padding),
     then the fed tokens ``completion[:-1]`` of each of its completions, right-padded; and for every
     completion token, the row column whose output predicts it ``[n, L]``.
 
-    Segments: 0 for the prompt, ``i + 1`` for completion ``i``, -1 for padding.
+    ``fed``: fed tokens per completion ``[n]``; ``prompt_len``, ``row_fed``: prompt tokens and fed completion
+    tokens per row ``[U]`` (see :func:`completion_logits`). Segments: 0 for the prompt, ``i + 1`` for
+    completion ``i``, -1 for padding.
     """
     device = batch.completion_ids.device
     n, length = batch.completion_ids.shape
     width = batch.prompt_ids.shape[1]
     lengths = batch.completion_mask.sum(-1)  # [n]
-    fed = (lengths - 1).clamp(min=0)  # completion[:-1]: the last token predicts nothing we need
-    prompt_len = batch.prompt_mask.sum(-1)[first]  # [U]
     # offset of each completion inside its row's completion area: fed tokens of earlier completions of its row
     order = torch.argsort(inverse, stable=True)  # completions row by row, in batch order within a row
-    row_fed = torch.zeros_like(prompt_len).index_add(0, inverse, fed)  # [U]
     offset = torch.empty_like(fed)
     offset[order] = torch.cumsum(fed[order], 0) - fed[order] - (torch.cumsum(row_fed, 0) - row_fed)[inverse[order]]
-    row_len = prompt_len + row_fed
-    rows, cols = first.numel(), int(row_len.max())
+    rows, cols = first.numel(), int((prompt_len + row_fed).max())
     column = torch.arange(cols, device=device)
     ids = torch.zeros((rows, cols), dtype=torch.long, device=device)
     positions = torch.zeros((rows, cols), dtype=torch.long, device=device)
@@ -113,8 +112,9 @@ def _packed_layout(batch: RolloutBatch, first: Tensor, inverse: Tensor) -> tuple
     return ids, positions, segments, predictor
 
 
-def _packed(model, batch: RolloutBatch, first: Tensor, inverse: Tensor) -> Tensor:
-    ids, positions, segments, predictor = _packed_layout(batch, first, inverse)
+def _packed(model, batch: RolloutBatch, first: Tensor, inverse: Tensor, fed: Tensor, prompt_len: Tensor,
+            row_fed: Tensor) -> Tensor:
+    ids, positions, segments, predictor = _packed_layout(batch, first, inverse, fed, prompt_len, row_fed)
     cols = ids.shape[1]
     causal = torch.ones((cols, cols), dtype=torch.bool, device=ids.device).tril()
     seg_q, seg_k = segments[:, :, None], segments[:, None, :]
@@ -160,14 +160,14 @@ def completion_logits(model, batch: RolloutBatch, share_prefix: bool = True,
     n, groups = batch.num_samples, labels.numel()
     first = torch.full((groups,), n, dtype=torch.long, device=inverse.device)
     first = first.scatter_reduce(0, inverse, torch.arange(n, device=inverse.device), "amin")
-    prompt_len = batch.prompt_mask.sum(-1)
-    fed = (batch.completion_mask.sum(-1) - 1).clamp(min=0)
-    row_len = prompt_len[first] + torch.zeros_like(first).index_add(0, inverse, fed)
+    fed = (batch.completion_mask.sum(-1) - 1).clamp(min=0)  # completion[:-1]: the last token predicts nothing
+    prompt_len = batch.prompt_mask.sum(-1)[first]  # [U]
+    row_fed = torch.zeros_like(first).index_add(0, inverse, fed)  # [U]
+    row_len = int((prompt_len + row_fed).max())
     plain = n * (batch.prompt_ids.shape[1] + length - 1)
-    packed = groups * int(row_len.max())
     cached = groups * (batch.prompt_ids.shape[1] - 1) + n * length
-    if _attention(model) in PACKABLE and int(row_len.max()) <= max_packed_tokens and packed <= min(plain, cached):
-        return _packed(model, batch, first, inverse)
+    if _attention(model) in PACKABLE and row_len <= max_packed_tokens and groups * row_len <= min(plain, cached):
+        return _packed(model, batch, first, inverse, fed, prompt_len, row_fed)
     # the cache path runs two forwards in one graph: checkpointing's recomputation would append to the cache
     # twice, and a sharded model frees the gathered weights the first forward's backward needs
     two_forwards = not _checkpointing(model) and not (torch.is_grad_enabled() and sharding.is_sharded(model))
