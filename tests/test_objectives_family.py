@@ -87,11 +87,19 @@ D0 = (1.5 * (1 - LN(1.5)) + 1.0) / 2
 D1 = 0.5 * (1 - LN(0.5))
 
 
-@pytest.mark.parametrize("apply_to,term", [("positive", -0.1 * D0), ("all", -0.1 * (D0 + D1) / 2)])
-def test_r1_zero_div_sampled_hand_computed(apply_to, term, fixed_batch):
+# the paper's Eq. 12 divides the sum over positives by G = 2 (every completion), not by |P| = 1;
+# normalizer=positives (the ablation) divides by |P|; over all samples both divide by 2
+@pytest.mark.parametrize("apply_to,normalizer,term", [
+    ("positive", "completions", -0.1 * D0 / 2),
+    ("positive", "positives", -0.1 * D0),
+    ("all", "completions", -0.1 * (D0 + D1) / 2),
+    ("all", "positives", -0.1 * (D0 + D1) / 2),
+])
+def test_r1_zero_div_sampled_hand_computed(apply_to, normalizer, term, fixed_batch):
     batch, logp = fixed_batch()
     grpo = GRPO(beta=0.0, scale_rewards="none")
-    objective = R1ZeroDiv(diversity_coef=0.1, apply_to=apply_to, beta=0.0, scale_rewards="none")
+    objective = R1ZeroDiv(diversity_coef=0.1, apply_to=apply_to, normalizer=normalizer, beta=0.0,
+                          scale_rewards="none")
     assert not objective.needs_entropy
     batch.advantages = grpo.group_advantages(batch)
     base = grpo(batch, logp)
@@ -108,9 +116,10 @@ def test_r1_zero_div_exact_estimator_hand_computed(fixed_batch):
     batch.advantages = objective.group_advantages(batch)
     base = GRPO(beta=0.0, scale_rewards="none")(batch, logp)
     out, _, entropy_grad = loss_and_grads(objective, batch, logp, ENTROPY)
-    # positive seq 0: D_0 = (1 + 2) / 2 = 1.5, |P| = 1 -> term -.15; d term / d H(0,t) = -.1 / 2
-    assert float(out.loss) == pytest.approx(float(base.loss) - 0.15, abs=1e-6)
-    torch.testing.assert_close(entropy_grad, torch.tensor([[-0.05, -0.05], [0.0, 0.0]]))
+    # positive seq 0: D_0 = (1 + 2) / 2 = 1.5, G = 2 -> term -.1 * 1.5 / 2 = -.075;
+    # d term / d H(0,t) = -.1 / 2 (mean over T = 2) / 2 (G) = -.025
+    assert float(out.loss) == pytest.approx(float(base.loss) - 0.075, abs=1e-6)
+    torch.testing.assert_close(entropy_grad, torch.tensor([[-0.025, -0.025], [0.0, 0.0]]))
 
 
 def test_r1_zero_div_lambda_zero_equals_grpo(fixed_batch):
@@ -149,7 +158,7 @@ def test_r1_zero_div_gradient_raises_tokens_below_one_over_e():
     logp.retain_grad()
     batch.logp_old = logp.detach()
     objective(batch, logp).loss.backward()
-    # lambda = 1, T = 4, |P| = 1
+    # lambda = 1, T = 4, G = |P| = 1
     torch.testing.assert_close(logp.grad, (1 + probs.log()).view(1, 4) / 4)
     with torch.no_grad():
         new = torch.softmax(logits - 0.5 * logits.grad, -1)[:, 0]
@@ -164,10 +173,17 @@ def test_r1_zero_div_micro_batches_add_up_to_the_minibatch_term(fixed_batch):
     logp2 = torch.cat([logp, logp])
     objective = R1ZeroDiv(diversity_coef=0.1, beta=0.0)
     full = float(objective(two, logp2).loss)
-    # micro-batches of one completion (consecutive rows): |P| = 2 comes from the minibatch totals
+    # micro-batches of one completion (consecutive rows): the normaliser (4 completions) comes from
+    # the minibatch totals
     parts = sum(float(objective(micro, logp2[i : i + 1]).loss) for i, micro in enumerate(two.micro_batches(1)))
     assert parts == pytest.approx(full, abs=1e-6)
     assert float(objective(two, logp2).metrics["div/num_used"]) == 2
+    # the term: -lambda * (D0 + D0) / 4 completions
+    assert full == pytest.approx(float(GRPO(beta=0.0)(two, logp2).loss) - 0.1 * 2 * D0 / 4, abs=1e-6)
+    # the logged per-completion term, averaged over micro-batches by their sizes, is the minibatch term
+    terms = [float(objective(micro, logp2[i : i + 1]).metrics.get("div/term", 0.0))
+             for i, micro in enumerate(two.micro_batches(1))]
+    assert sum(terms) / 4 == pytest.approx(-0.1 * 2 * D0 / 4, abs=1e-6)
 
 
 # ------------------------------------------------------------------ pass@k training
@@ -221,6 +237,8 @@ def test_bad_settings_raise_one_clear_error():
         R1ZeroDiv(apply_to="positives")
     with pytest.raises(ConfigError, match="model.objective.estimator"):
         R1ZeroDiv(estimator="full")
+    with pytest.raises(ConfigError, match="normalizer"):
+        R1ZeroDiv(normalizer="group")
     with pytest.raises(ConfigError, match="model.objective.level"):
         EntropyGRPO(level="sentence")
     with pytest.raises(ConfigError, match="model.objective.beta"):

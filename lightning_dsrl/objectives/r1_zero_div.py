@@ -2,14 +2,20 @@
 
     D_i = (1/T_i) * sum_t [ -rho(i,t) * logp_new(i,t) ]            (estimator: sampled)
     D_i = (1/T_i) * sum_t H(pi(.|s_{i,t}))                          (estimator: exact, full vocabulary)
-    L   = L_GRPO - lambda * (1/|P|) * sum_{i in P} D_i,      P = {i : correct_i}   (apply_to: positive)
+    L   = L_GRPO - lambda * (1/G) * sum_{i in P} D_i,        P = {i : correct_i}   (apply_to: positive)
+
+The diversity sum over the positives is divided by ``G``, every completion of the group (the
+paper's Eq. 12: ``(1/G) sum_i [... + lambda 1[r_i = 1] D_i]``); over a minibatch of several groups,
+by its number of completions. ``normalizer: positives`` divides by ``|P|`` instead, which makes
+the effective weight ``lambda / accuracy`` (larger while the model is mostly wrong, shrinking as it
+learns): offered for ablation only, its lambda is not comparable with the paper's 0.01 / 0.02 / 0.05.
 
 The sampled estimator is the importance-weighted entropy ``E_{a~pi_old}[-(pi/pi_old) log pi]``
 on the sampled tokens: cheap and differentiable, with per-token gradient ``-(1 + log pi)`` (at
 ``rho = 1``), which raises the probability of tokens with ``pi < 1/e``. That is why the paper
 keeps it off incorrect samples (``apply_to: all`` is offered for ablation; the paper found it
-worse). ``|P|`` counts the positives of the whole minibatch, so micro-batch terms add up to the
-minibatch term; a minibatch without positives adds nothing. Paper setting: ``lambda = 0.01``.
+worse). The normaliser counts the whole minibatch, so micro-batch terms add up to the minibatch
+term; a minibatch without positives adds nothing. Paper setting: ``lambda = 0.01``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ class R1ZeroDiv(GRPO):
         apply_to: ``positive`` (correct completions only, the paper) or ``all``.
         estimator: ``sampled`` (importance-weighted, from the sampled tokens) or ``exact``
             (the full next-token entropy; computes a ``[n, L, V]`` softmax per micro-batch).
+        normalizer: divide the diversity sum by every completion (``completions``, the paper's
+            Eq. 12) or by the completions it is applied to (``positives``: ``|P|`` with
+            ``apply_to: positive``; an ablation, see the module docstring).
         **kwargs: the GRPO options (``beta``, ``epsilon_low``, ...).
     """
 
@@ -41,6 +50,7 @@ class R1ZeroDiv(GRPO):
         diversity_coef: float = 0.01,
         apply_to: str = "positive",
         estimator: str = "sampled",
+        normalizer: str = "completions",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -51,9 +61,13 @@ class R1ZeroDiv(GRPO):
             raise ConfigError(f"model.objective.apply_to={apply_to!r}: use positive or all")
         if estimator not in ("sampled", "exact"):
             raise ConfigError(f"model.objective.estimator={estimator!r}: use sampled or exact")
+        if normalizer not in ("completions", "positives"):
+            raise ConfigError(f"model.objective.normalizer={normalizer!r}: use completions (the paper's 1/G) "
+                              "or positives (1/|P|)")
         self.diversity_coef = float(diversity_coef)
         self.apply_to = apply_to
         self.estimator = estimator
+        self.normalizer = normalizer
 
     @property
     def needs_entropy(self) -> bool:
@@ -68,6 +82,8 @@ class R1ZeroDiv(GRPO):
         self.metric("div/num_used", num_used)
         if num_used == 0 or not used.any():
             return 0.0
+        # the paper's 1/G: every completion of the minibatch, whether the term applies to it or not
+        normalizer = batch.total("seqs") if self.normalizer == "completions" else num_used
         if self.estimator == "sampled":
             diversity = F.sampled_entropy(logp, batch.logp_old, mask)  # [n]
         else:
@@ -75,6 +91,9 @@ class R1ZeroDiv(GRPO):
                 raise RuntimeError("R1ZeroDiv(estimator='exact') needs the token entropy: the module passes it "
                                    "when objective.needs_entropy is true")
             diversity = F.masked_mean(entropy, mask, dim=-1)  # [n]
+        term = -self.diversity_coef * diversity[used].sum()
         self.metric("div/diversity", diversity[used].mean())
-        self.metric("div/term", -self.diversity_coef * diversity[used].mean())
-        return -self.diversity_coef * diversity[used].sum() / num_used
+        # per completion of this micro-batch (or per used one): its sample-weighted mean over
+        # micro-batches is the minibatch's term
+        self.metric("div/term", term / (batch.num_samples if self.normalizer == "completions" else used.sum()))
+        return term / normalizer
