@@ -89,7 +89,9 @@ def group_advantages(
     index, counts = _group_index(group_ids)
     num_groups = counts.numel()
     sums = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, index, rewards)
-    centred = rewards - (sums / counts)[index]
+    # a group of equal rewards is exactly 0: its float mean can miss the value by an ulp (eight
+    # rewards of 0.1 average to 0.1 + 7e-9), and the std division would blow that up to ~0.01-0.1
+    centred = torch.where(group_has_spread(rewards, group_ids), rewards - (sums / counts)[index], 0.0)
     if scale == "none":
         return centred
     if scale == "group":

@@ -145,3 +145,15 @@ def test_pass_at_k_stable_for_large_n_and_tensor_form():
     # one value per problem, not the mean
     out = F.pass_at_k(torch.tensor([4, 4, 10]), torch.tensor([0, 4, 1]), 2)
     torch.testing.assert_close(out, torch.tensor([0.0, 1.0, 0.2], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+@pytest.mark.parametrize("value,size", [(0.1, 8), (1.1, 16), (0.3, 6), (0.7, 12)])
+def test_group_of_equal_rewards_has_exactly_zero_advantage(scale, value, size):
+    # the float32 mean of `size` copies of `value` is off by an ulp (0.1 x 8 -> 0.1 + 7e-9); divided by
+    # the group's std (~1e-8) + eps it became -0.0074 (0.1 x 8) or -0.106 (1.1 x 16) instead of 0
+    rewards = torch.cat([torch.full((size,), value), torch.tensor([0.0, 1.1])])
+    groups = torch.cat([torch.zeros(size, dtype=torch.long), torch.ones(2, dtype=torch.long)])
+    advantages = F.group_advantages(rewards, groups, scale=scale)
+    assert advantages[:size].eq(0).all()
+    assert advantages[size:].ne(0).all()  # the group with a spread keeps its signal
