@@ -31,6 +31,7 @@ __all__ = [
     "sampled_entropy",
     "passk_advantages",
     "group_has_spread",
+    "groups_all_zero",
 ]
 
 AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
@@ -367,6 +368,18 @@ def passk_advantages(correct: Tensor, group_ids: Tensor, k: int, eps: float = 1e
         a_neg[g] = (fail - math.comb(neg - 1, k - 1) / math.comb(n - 1, k - 1)) / (sigma + eps) if neg else 0.0
     out = torch.where(correct.cpu().bool(), a_pos[index.cpu()], a_neg[index.cpu()])
     return out.float().to(correct.device)
+
+
+def groups_all_zero(advantages: Tensor, group_ids: Tensor) -> tuple[float, float]:
+    """How many groups have advantages that are all 0 (no policy-gradient signal), and how many groups
+    there are.
+
+    >>> groups_all_zero(torch.tensor([0., 0., .5, -.5, 0.]), torch.tensor([3, 3, 8, 8, 9]))
+    (2.0, 3.0)
+    """
+    index, counts = _group_index(group_ids)
+    nonzero = torch.zeros(counts.numel(), device=advantages.device).index_add_(0, index, advantages.ne(0).float())
+    return float(nonzero.eq(0).sum()), float(counts.numel())
 
 
 def group_has_spread(rewards: Tensor, group_ids: Tensor) -> Tensor:

@@ -44,7 +44,7 @@ from lightning_dsrl import functional as F
 from lightning_dsrl import sharding
 from lightning_dsrl.errors import ConfigError, TrainingError
 from lightning_dsrl.logprobs import completion_logits
-from lightning_dsrl.metrics import EvalReport, RolloutMetrics, zero_signal_fraction
+from lightning_dsrl.metrics import EvalReport, RolloutMetrics
 from lightning_dsrl.metrics.plot import figure_to_array
 from lightning_dsrl.metrics.report import format_table, sample_rows, write_eval
 from lightning_dsrl.models import DEFAULT_MODEL, LoraSpec, ModelSpec, apply_lora, load_model, load_tokenizer
@@ -397,6 +397,7 @@ class RLModule(LightningModule):
         sums: dict[str, float] = defaultdict(float)
         weights: dict[str, float] = defaultdict(float)
         generator = self._shuffle if self.minibatches > 1 else None
+        trained: list[tuple[Tensor, Tensor]] = []  # (group ids [n], advantages [n]) of each micro-batch, first epoch
         self._logprob_diff = [0.0, 0.0]
         self._t_optimizer = 0.0  # clipping, the optimizer and scheduler steps (the rest of the update: forward/backward)
         for epoch in range(self.ppo_epochs):
@@ -432,6 +433,8 @@ class RLModule(LightningModule):
                         weights[name] += weight
                     if epoch == 0:  # the policy's entropy on its samples, each sample counted once
                         self.train_metrics.entropy.update(entropy.detach(), micro.completion_mask, micro.correct)
+                        if out.advantages is not None:
+                            trained.append((micro.group_ids, out.advantages))
                 start = time.perf_counter()
                 grad_norm = self._clip_gradients()
                 if not self._on_all_ranks(finite and math.isfinite(grad_norm)):
@@ -447,6 +450,9 @@ class RLModule(LightningModule):
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 self._t_optimizer += time.perf_counter() - start
+        if trained:  # groups whose advantages, as trained on, are all 0 (over every rank's groups)
+            groups, advantages = (torch.cat(parts) for parts in zip(*trained))
+            sums["zero_signal_groups"], weights["zero_signal_groups"] = F.groups_all_zero(advantages, groups)
         # rank r's minibatch loss is W S_r / T (see sharding.global_totals): over ranks they add up to W times the loss
         weights.update(dict.fromkeys(_LOSS_SHARES, float(self.ppo_epochs * self.minibatches)))
         # sample-weighted means over every rank's micro-batches (the loss: the global minibatch loss)
@@ -503,13 +509,11 @@ class RLModule(LightningModule):
         rows = torch.stack([rollout.rewards.float(), rollout.correct.float(), rollout.completion_mask.sum(-1).float(),
                             rollout.truncated.float()], dim=1).tolist()  # [N, 4]
         rewards, correct, lengths, truncated = torch.tensor(sum(sharding.all_gather_objects(rows), [])).reshape(-1, 4).T
-        zero_signal = sharding.all_gather_objects(zero_signal_fraction(rollout.group_ids, rollout.rewards))
         correct_rate = float(correct.mean())
         values = {
             "train/reward_mean": float(rewards.mean()),
             "train/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
             "train/correct_rate": correct_rate,
-            "train/zero_signal_groups": sum(zero_signal) / len(zero_signal),  # ranks hold equal numbers of groups
             "train/completion_length": float(lengths.mean()),
             "train/truncated_fraction": float(truncated.mean()),
             "train/lr": float(self.optimizers().param_groups[0]["lr"]),

@@ -70,6 +70,7 @@ class LossOutput:
 
     loss: Tensor  # [] scalar, already divided by the minibatch totals (sum over micro-batches = minibatch loss)
     metrics: dict[str, Tensor] = field(default_factory=dict)  # name -> [] detached scalars
+    advantages: Tensor | None = None  # [n] detached, the per-sample advantages the loss used (after shaping)
 
 
 @dataclass

@@ -40,14 +40,26 @@ class ScriptedEngine(RolloutEngine):
 
 
 class LiveReward(RewardModule):
-    """1 for the first sample ("0") of a prompt marked live, else 0: only live prompts have a reward spread."""
+    """1 for the first sample ("0") of a prompt marked live, else 0: only live prompts have mixed verdicts.
+    On a dead prompt the first sample still gets a format-like bonus of 0.1 (a reward spread without a
+    correct completion: DAPO's accuracy filter drops such a group)."""
 
     name = "live_test"
     is_verifier = True
 
     def score(self, record: PromptRecord, completion: str) -> RewardResult:
         ok = bool(record.meta["live"]) and completion == "0"
-        return RewardResult(float(ok), correct=ok)
+        return RewardResult(1.0 if ok else 0.1 * (completion == "0"), correct=ok)
+
+
+class AllRightReward(RewardModule):
+    """Every completion correct: every group is all correct."""
+
+    name = "all_right_test"
+    is_verifier = True
+
+    def score(self, record: PromptRecord, completion: str) -> RewardResult:
+        return RewardResult(1.0, correct=True)
 
 
 def records(live: set[int], n: int = 12) -> list[PromptRecord]:
@@ -81,7 +93,47 @@ def test_refill_replaces_groups_without_signal():
     assert len(set(drawn)) == len(drawn) and not set(drawn) & {"p0", "p1", "p2"}  # never a prompt twice
     assert stats["rollout/dynamic_rounds"] == len(drawn) / 3
     dead = [p for p in drawn if p not in {"p3", "p6", "p9"}]
+    # the dead groups have a reward spread (0.1, 0, 0) but no correct completion: dropped all the same
     assert stats["rollout/dynamic_dropped_groups"] == 2 + len(dead)
+    assert stats["rollout/dynamic_dropped_all_correct"] == 0.0
+
+
+def test_refill_drops_all_correct_groups_and_counts_them():
+    pool = records(set())
+    callback = RolloutCallback(engine=ScriptedEngine(), rewards=[AllRightReward()], num_generations=3,
+                               dynamic_sampling=True, max_resample_rounds=1)
+    module = SimpleNamespace(tokenizer=TOKENIZER, device=torch.device("cpu"))
+    first = callback.rollout(module, PromptBatch(pool[:3]), callback.train_sampling, log_prefix=None)
+    out, stats = callback.refill(module, first, pool, step=0)
+    assert out is first  # nothing with mixed verdicts anywhere
+    assert stats["rollout/dynamic_dropped_groups"] == stats["rollout/dynamic_dropped_all_correct"] == 6.0
+
+
+def test_refill_draws_from_this_ranks_share_of_the_training_set():
+    pool = records(set())
+    loader = SimpleNamespace(dataset=PromptDataset(pool))
+    shares = [_training_records(SimpleNamespace(train_dataloader=loader, global_rank=r, world_size=3))
+              for r in range(3)]
+    assert [[r.uid for r in share] for share in shares] == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]]
+
+
+@pytest.mark.parametrize("objective,says", [
+    ("DSGRPO", "gamma_p=0.5 spreads all-correct groups"), ("EntropyGRPO", "entropy_coef=0.001"),
+    ("R1ZeroDiv", "diversity_coef=0.01"), ("GRPO", None), ("PassAtKTraining", None),
+])
+def test_dynamic_sampling_says_what_it_drops_for_objectives_that_learn_from_such_groups(objective, says, caplog):
+    from lightning_dsrl import objectives
+
+    kwargs = {"gamma_p": 0.5, "gamma_n": 0.5} if objective == "DSGRPO" else {}
+    module = SimpleNamespace(objective=getattr(objectives, objective)(**kwargs), policy=None)
+    callback = RolloutCallback(engine=ScriptedEngine(), rewards=[LiveReward()], dynamic_sampling=True)
+    with caplog.at_level("WARNING"):
+        callback.on_fit_start(SimpleNamespace(world_size=1), module)
+    warned = [r.getMessage() for r in caplog.records if "dynamic_sampling" in r.getMessage()]
+    if says is None:
+        assert not warned
+    else:
+        assert len(warned) == 1 and says in warned[0] and objective in warned[0]
 
 
 def test_refill_is_reproducible_for_a_step_and_seed():
@@ -101,7 +153,8 @@ def test_refill_short_batch_keeps_what_has_signal():
     out, stats = callback.refill(module, first, pool, step=0)
     assert out.num_groups == 1 and out.prompts == ["p0"] * 3
     assert stats == {"rollout/dynamic_dropped_groups": 2.0 + 6.0, "rollout/dynamic_rounds": 2.0,
-                     "rollout/dynamic_short": 1.0, "rollout/dynamic_kept_groups": 1.0}
+                     "rollout/dynamic_short": 1.0, "rollout/dynamic_kept_groups": 1.0,
+                     "rollout/dynamic_dropped_all_correct": 0.0}
     assert callback.engine.prompts_generated == 3 + 2 * 3
 
 
@@ -123,7 +176,8 @@ def test_refill_with_zero_rounds_only_drops_and_stops_when_prompts_run_out():
 
 def test_training_records_come_from_the_train_dataloader():
     pool = records(set())
-    trainer = SimpleNamespace(train_dataloader=SimpleNamespace(dataset=PromptDataset(pool)))
+    trainer = SimpleNamespace(train_dataloader=SimpleNamespace(dataset=PromptDataset(pool)), global_rank=0,
+                              world_size=1)
     assert _training_records(trainer) == pool
     with pytest.raises(ConfigError, match="rollout.dynamic_sampling"):
         _training_records(SimpleNamespace(train_dataloader=None))

@@ -109,6 +109,7 @@ def test_a_batch_without_signal_skips_the_step(tmp_path, tiny_model_dir, user_co
     assert trainer.global_step == 2 and module._zero_signal_steps == 2 and module._skipped_steps == 0
     assert unchanged(module, tiny_model_dir) and not trainer.optimizers[0].state
     assert scalars(tmp_path, "train/zero_signal_steps") == [1.0, 2.0]
+    assert scalars(tmp_path, "train/zero_signal_groups") == [1.0, 1.0]  # every group's advantages are 0
 
 
 def test_ds_grpo_still_learns_from_all_wrong_groups(tmp_path, tiny_model_dir, user_code):
@@ -117,6 +118,8 @@ def test_ds_grpo_still_learns_from_all_wrong_groups(tmp_path, tiny_model_dir, us
     module, _ = fit(tmp_path, tiny_model_dir, DSGRPO(gamma_p=0.05, gamma_n=0.05, beta=0.0),
                     [my_reward.ConstantReward()], steps=2)
     assert module._zero_signal_steps == 0 and not unchanged(module, tiny_model_dir)
+    # counted on the advantages trained on, not on the rewards: no group is without signal
+    assert scalars(tmp_path, "train/zero_signal_groups") == [0.0, 0.0]
 
 
 # ---------------------------------------------------------------------------- precision

@@ -25,7 +25,6 @@ from lightning_dsrl.metrics.functional import (
     self_bleu,
     token_entropy,
     tokenize,
-    zero_signal_fraction,
 )
 from lightning_dsrl.metrics.passk import MeanAtK, PassAtK, PotentialAtK
 from lightning_dsrl.metrics.rollout import EvalReport, RolloutMetrics
@@ -54,5 +53,4 @@ __all__ = [
     "self_bleu",
     "token_entropy",
     "tokenize",
-    "zero_signal_fraction",
 ]

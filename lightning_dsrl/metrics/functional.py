@@ -26,7 +26,6 @@ from lightning_dsrl.functional import pass_at_k
 __all__ = [
     "group_counts",
     "distinct_correct",
-    "zero_signal_fraction",
     "tokenize",
     "powers_of_two",
     "pass_at_k_curve",
@@ -76,21 +75,6 @@ def distinct_correct(group_ids: Tensor, correct: Tensor, answers: list[str | Non
         [len({answers[i] for i in rows if flags[i] and answers[i] is not None}) for rows in _groups(group_ids)],
         dtype=torch.long,
     )
-
-
-def zero_signal_fraction(group_ids: Tensor, rewards: Tensor) -> float:
-    """Fraction of groups whose rewards are all equal (their GRPO advantages are all 0).
-
-    >>> zero_signal_fraction(torch.tensor([0, 0, 1, 1]), torch.tensor([1., 1., 0., 1.]))
-    0.5
-    """
-    _, index = torch.unique(group_ids, return_inverse=True)
-    num = int(index.max().item()) + 1 if index.numel() else 0
-    if num == 0:
-        return 0.0
-    high = torch.full((num,), -float("inf")).scatter_reduce(0, index.cpu(), rewards.float().cpu(), "amax")
-    low = torch.full((num,), float("inf")).scatter_reduce(0, index.cpu(), rewards.float().cpu(), "amin")
-    return float((high == low).float().mean())
 
 
 def tokenize(text: str) -> list[str]:

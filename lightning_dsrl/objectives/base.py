@@ -28,6 +28,7 @@ class Objective(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._metrics: dict[str, Tensor] = {}
+        self._advantages: Tensor | None = None
 
     @property
     def needs_reference(self) -> bool:
@@ -39,12 +40,24 @@ class Objective(nn.Module):
         """Whether ``forward`` needs the full-distribution entropy with gradient."""
         return False
 
+    @property
+    def uniform_group_signal(self) -> str | None:
+        """What this objective learns from a group whose completions are all correct or all wrong
+        (``None``: nothing, its advantages there are 0). Dynamic sampling drops such groups, and says
+        what that removes."""
+        return None
+
     def check(self, num_generations: int) -> None:
         """Reject settings that cannot work with this rollout setup (raise ``ConfigError``)."""
 
     def group_advantages(self, rollout: RolloutBatch) -> Tensor:
         """``[N]`` advantages from rewards and groups, once per rollout."""
         raise NotImplementedError
+
+    def trained_advantages(self, advantages: Tensor) -> None:
+        """Report the ``[n]`` per-sample advantages this micro-batch's loss uses (after any shaping): the
+        module counts the groups whose advantages are all 0 (``train/zero_signal_groups``)."""
+        self._advantages = advantages.detach()
 
     def metric(self, name: str, value: Tensor | float) -> None:
         """Record a scalar to log for this micro-batch (averaged over micro-batches)."""
@@ -56,5 +69,6 @@ class Objective(nn.Module):
 
     def forward(self, batch: RolloutBatch, logp: Tensor, entropy: Tensor | None = None) -> LossOutput:
         self._metrics = {}
+        self._advantages = None
         loss = self.loss(batch, logp, entropy)
-        return LossOutput(loss=loss, metrics=dict(self._metrics))
+        return LossOutput(loss=loss, metrics=dict(self._metrics), advantages=self._advantages)

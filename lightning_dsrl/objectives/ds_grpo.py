@@ -57,6 +57,12 @@ class DSGRPO(GRPO):
     def needs_reference(self) -> bool:
         return super().needs_reference or self.smoothing_model == "reference"
 
+    @property
+    def uniform_group_signal(self) -> str | None:
+        parts = [f"gamma_p={self.gamma_p} spreads all-correct groups over their solutions"] if self.gamma_p else []
+        parts += [f"gamma_n={self.gamma_n} shapes all-wrong groups"] if self.gamma_n else []
+        return "; ".join(parts) or None
+
     def advantages(self, batch: RolloutBatch) -> Tensor:
         base = super().advantages(batch)
         logp = batch.logp_old if self.smoothing_model == "old" else batch.logp_ref

@@ -61,6 +61,12 @@ class EntropyGRPO(GRPO):
     def needs_entropy(self) -> bool:
         return self.level == "token" and self.entropy_coef != 0.0
 
+    @property
+    def uniform_group_signal(self) -> str | None:
+        if self.entropy_coef == 0:
+            return None
+        return f"entropy_coef={self.entropy_coef} ({self.level} level) acts on every completion"
+
     def advantages(self, batch: RolloutBatch) -> Tensor:
         base = super().advantages(batch)
         if self.level != "sequence":

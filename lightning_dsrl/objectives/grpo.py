@@ -103,6 +103,7 @@ class GRPO(Objective):
 
     def loss(self, batch: RolloutBatch, logp: Tensor, entropy: Tensor | None) -> Tensor:
         advantages = self.advantages(batch)
+        self.trained_advantages(advantages)
         self.metric("advantage_abs_mean", advantages.abs().mean())
         policy = self.aggregate(self.token_loss(batch, logp, advantages), batch)
         self.metric("policy_loss", policy)

@@ -70,6 +70,13 @@ class R1ZeroDiv(GRPO):
         self.normalizer = normalizer
 
     @property
+    def uniform_group_signal(self) -> str | None:
+        if self.diversity_coef == 0:
+            return None
+        return f"diversity_coef={self.diversity_coef} acts on the correct completions of all-correct groups" + (
+            " and on every completion" if self.apply_to == "all" else "")
+
+    @property
     def needs_entropy(self) -> bool:
         return self.estimator == "exact" and self.diversity_coef > 0
 

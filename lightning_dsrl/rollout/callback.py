@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from lightning import Callback, LightningModule, Trainer
+from torch import Tensor
 
 from lightning_dsrl import functional as F
 from lightning_dsrl.errors import ConfigError, TrainingError
@@ -38,12 +39,24 @@ log = logging.getLogger(__name__)
 
 
 def _training_records(trainer: Trainer) -> list[PromptRecord]:
-    """The records of the training dataloader's dataset (where dynamic sampling draws fresh prompts)."""
+    """This process's share of the training dataset's records (where dynamic sampling draws fresh
+    prompts): every ``world_size``-th record from position ``global_rank``, so that ranks refill from
+    disjoint prompts instead of all drawing the same ones."""
     records = getattr(getattr(trainer.train_dataloader, "dataset", None), "records", None)
     if not records:
         raise ConfigError("rollout.dynamic_sampling draws fresh prompts from the training dataset, but the train "
                           "dataloader has no `dataset.records`; use PromptDataModule or set dynamic_sampling: false")
-    return list(records)
+    return list(records)[trainer.global_rank :: trainer.world_size]
+
+
+def _mixed_verdicts(rollout: RolloutBatch) -> Tensor:
+    """``[N]`` bool: whether the sample's group holds both correct and incorrect completions."""
+    return F.group_has_spread(rollout.correct.float(), rollout.group_ids)
+
+
+def _groups_all_correct(rollout: RolloutBatch, dropped: Tensor) -> int:
+    """How many of the groups marked by ``dropped`` (``[N]`` bool, whole groups) are all correct."""
+    return int(torch.unique(rollout.group_ids[dropped & rollout.correct.bool()]).numel())
 
 
 class RolloutCallback(Callback):
@@ -68,12 +81,14 @@ class RolloutCallback(Callback):
         val_top_p: nucleus threshold in validation.
         val_greedy: also decode one greedy completion per validation prompt (Potential@k and the
             greedy accuracy need it).
-        dynamic_sampling: DAPO's dynamic sampling: drop the groups whose rewards are all equal (no
-            GRPO signal) and replace them with groups for fresh training prompts. Meant for GRPO-style
-            objectives; DS-GRPO and the entropy objectives still learn from such groups.
+        dynamic_sampling: DAPO's dynamic sampling: drop the groups whose completions are all correct or
+            all wrong (no GRPO signal; format bonuses do not count) and replace them with groups for fresh
+            prompts of this process's share of the training set. Meant for GRPO-style objectives: DS-GRPO,
+            the entropy objectives and R1-zero-Div still learn from such groups (a warning at the start
+            says what is dropped).
         max_resample_rounds: with ``dynamic_sampling``, at most this many extra generation rounds of
             ``data.batch_size`` fresh prompts each; a batch still short after them trains on the groups
-            it has (on the original batch if none has a reward spread).
+            it has (on the original batch if no group has mixed verdicts).
         sync_check: after each weight sync of an engine with its own weights (vLLM, ``HFEngine(weights:
             copy)``), compare the engine's log-probs of a probe (the step's first completion) with the
             trainer's; the largest difference over its tokens is logged as ``rollout/sync_logprob_diff``
@@ -153,6 +168,13 @@ class RolloutCallback(Callback):
             # refill rounds differ between ranks, and with a sharded policy every generation is a collective
             raise ConfigError(f"rollout.dynamic_sampling=true with a sharded policy over {trainer.world_size} processes "
                               "(trainer.strategy FSDP) would hang: use trainer.strategy: ddp, or dynamic_sampling: false")
+        objective = getattr(pl_module, "objective", None)
+        signal = getattr(objective, "uniform_group_signal", None)
+        if self.dynamic_sampling and signal:
+            log.warning("rollout.dynamic_sampling drops every group whose completions are all correct or all wrong "
+                        "(DAPO's accuracy filter), but %s learns from such groups too (%s): that signal is dropped "
+                        "with them; counted in rollout/dynamic_dropped_groups (all correct: "
+                        "rollout/dynamic_dropped_all_correct)", type(objective).__name__, signal)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         rollout = self.rollout(pl_module, batch, self.train_sampling, log_prefix="train")
@@ -210,15 +232,17 @@ class RolloutCallback(Callback):
     # ------------------------------------------------------------------ work
     def refill(self, pl_module: LightningModule, rollout: RolloutBatch, records: list[PromptRecord], step: int
                ) -> tuple[RolloutBatch, dict[str, float]]:
-        """DAPO dynamic sampling: keep the groups of ``rollout`` whose rewards differ, then fill the batch
-        back to its number of groups from fresh training ``records``, drawn without replacement in an
+        """DAPO dynamic sampling: keep the groups of ``rollout`` whose verdicts differ (DAPO filters on
+        accuracy: a group all correct or all wrong is dropped, whatever its format bonuses), then fill the
+        batch back to its number of groups from fresh training ``records``, drawn without replacement in an
         order seeded by ``(torch.initial_seed(), step, round)`` (reproducible, also after a resume).
-        Returns the batch and what happened (``rollout/dynamic_*``)."""
+        Returns the batch and what happened (``rollout/dynamic_*``: dropped groups, of which all correct)."""
         wanted = rollout.num_groups
-        keep = F.group_has_spread(rollout.rewards, rollout.group_ids)  # [N]
+        keep = _mixed_verdicts(rollout)  # [N]
         parts = [rollout.select(keep)] if keep.any() else []
         have = parts[0].num_groups if parts else 0
         dropped, rounds = wanted - have, 0
+        dropped_correct = _groups_all_correct(rollout, ~keep)
         tried = {r.prompt for r in rollout.records}  # never draw a prompt already in this step
         while have < wanted and rounds < self.max_resample_rounds:
             rounds += 1
@@ -229,15 +253,18 @@ class RolloutCallback(Callback):
                 break
             tried.update(r.prompt for r in fresh)
             extra = self.rollout(pl_module, PromptBatch(fresh), self.train_sampling, log_prefix=None)
-            with_signal = torch.unique(extra.group_ids[F.group_has_spread(extra.rewards, extra.group_ids)])
+            mixed = _mixed_verdicts(extra)  # [N]
+            with_signal = torch.unique(extra.group_ids[mixed])
             dropped += len(fresh) - int(with_signal.numel())
+            dropped_correct += _groups_all_correct(extra, ~mixed)
             labels = with_signal[: wanted - have]  # the first groups with signal, in prompt order
             if labels.numel():
                 parts.append(extra.select(torch.isin(extra.group_ids, labels)))
                 have += int(labels.numel())
         stats = {"rollout/dynamic_dropped_groups": float(dropped), "rollout/dynamic_rounds": float(rounds),
-                 "rollout/dynamic_short": float(have < wanted), "rollout/dynamic_kept_groups": float(have)}
-        if not parts:  # nothing with signal anywhere: train on the original batch (its policy gradient is 0)
+                 "rollout/dynamic_short": float(have < wanted), "rollout/dynamic_kept_groups": float(have),
+                 "rollout/dynamic_dropped_all_correct": float(dropped_correct)}
+        if not parts:  # no group with mixed verdicts anywhere: train on the original batch
             return rollout, stats
         return RolloutBatch.concat(parts, pad_id=pl_module.tokenizer.pad_token_id), stats
 
