@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoModelForCausalLM
 
 from lightning_dsrl.__main__ import cli_main
 from lightning_dsrl.errors import ConfigError
@@ -63,16 +65,57 @@ def test_every_objective_has_a_config():
     assert set(ADDED_TAGS) - {"ds_grpo"} <= {p.stem for p in OBJECTIVE_CONFIGS}
 
 
+# what each objective's own metrics must show in a run with a reward spread: tag -> check of its values
+NONTRIVIAL = {
+    # a bonus -gamma_p * LL > 0 on correct completions, a penalty +gamma_n * LL < 0 on incorrect ones
+    "ds_grpo": {"train/ds/smoothing_correct": lambda v: all(x > 0 for x in v),
+                "train/ds/smoothing_incorrect": lambda v: all(x < 0 for x in v)},
+    "dapo": {"rollout/dynamic_dropped_groups": lambda v: sum(v) > 0, "rollout/dynamic_rounds": lambda v: sum(v) > 0},
+    "entropy_bonus": {"train/entropy_reg/term": lambda v: all(x < 0 for x in v)},  # -c * H, c > 0
+    "entropy_penalty": {"train/entropy_reg/term": lambda v: all(x > 0 for x in v)},
+    "r1_zero_div": {"train/div/num_used": lambda v: all(x > 0 for x in v), "train/div/term": lambda v: all(x < 0 for x in v)},
+    "passk": {"train/passk/group_reward": lambda v: all(0 < x < 1 for x in v)},
+}
+
+
+def policy_weights(run: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(next(run.glob("version_*/checkpoints/last.ckpt")), weights_only=True)["state_dict"]
+    return {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
+
+
 @pytest.mark.parametrize("config", OBJECTIVE_CONFIGS, ids=lambda p: p.stem)
-def test_fit_every_objective_config(tmp_path, tiny_model_dir, config):
-    cli_main(small_run(tmp_path, tiny_model_dir, config))
-    events = events_of(tmp_path / "runs" / config.stem)  # logger name = config stem
+def test_fit_every_objective_config(tmp_path, tiny_model_dir, config, monkeypatch):
+    """Two real optimizer steps of every objective config: a scripted verifier (``my_reward.SpreadReward``)
+    gives the random tiny model groups with mixed verdicts, so every objective has signal."""
+    monkeypatch.syspath_prepend(str(USER_CODE))
+    # pass@k with k = G has no signal in a group with a correct completion (pass@G is 1 there): k < G
+    extra = ["--model.objective.init_args.k", "2"] if config.stem == "passk" else []
+    cli_main(small_run(tmp_path, tiny_model_dir, config, "--rollout.rewards",
+                       '[{"class_path": "my_reward.SpreadReward"}]', *extra))
+    run = tmp_path / "runs" / config.stem  # logger name = config stem
+    events = events_of(run)
     tags = set(events.Tags()["scalars"])
     expected = {"train/reward_mean", "train/policy_loss", "train/ratio_mean"} | ADDED_TAGS.get(config.stem, set())
     assert expected <= tags, expected - tags
+
+    def values(tag: str) -> list[float]:
+        return [e.value for e in events.Scalars(tag)]
+
+    # real optimizer steps: a gradient every step, no step skipped for lack of signal, the weights moved
+    assert all(g > 0 for g in values("train/grad_norm")) and values("train/zero_signal_steps")[-1] == 0
+    assert all(x < 1 for x in values("train/zero_signal_groups"))
+    assert 0 < sum(values("train/correct_rate")) < 2
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    trained = policy_weights(run)
+    assert sum(not torch.equal(initial[k], v) for k, v in trained.items()) > len(trained) // 2
     # ppo_epochs 1, one minibatch: the old log-probs are the new ones, rho == 1 exactly, nothing clipped
-    assert [e.value for e in events.Scalars("train/ratio_mean")] == [1.0, 1.0]
-    assert [e.value for e in events.Scalars("train/clip_fraction")] == [0.0, 0.0]
+    assert values("train/ratio_mean") == [1.0, 1.0]
+    assert values("train/clip_fraction") == [0.0, 0.0]
+    if "train/kl" in tags:  # the first step's policy is the reference; the second's has moved away from it
+        kl = values("train/kl")
+        assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[1] > 1e-6
+    for tag, check in NONTRIVIAL.get(config.stem, {}).items():
+        assert check(values(tag)), (tag, values(tag))
     if config.stem == "dapo":
         assert "train/kl" not in tags  # beta 0: no KL, no reference model
 

@@ -53,3 +53,16 @@ class ConstantReward(RewardModule):
 
     def score(self, record: PromptRecord, completion: str) -> RewardResult:
         return RewardResult(0.0, correct=False)
+
+
+class SpreadReward(RewardModule):
+    """A scripted verifier for tests, with a known spread on any model, trained or random: a completion
+    is correct when its first character has an even code point, except that every completion for a
+    CountDown target divisible by 3 is wrong (those groups are all wrong: DAPO's filter drops them)."""
+
+    name = "spread"
+    is_verifier = True
+
+    def score(self, record: PromptRecord, completion: str) -> RewardResult:
+        ok = bool(completion) and ord(completion[0]) % 2 == 0 and record.meta.get("target", 1) % 3 != 0
+        return RewardResult(float(ok), correct=ok)
