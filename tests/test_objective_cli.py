@@ -161,3 +161,23 @@ def test_an_objective_that_needs_the_missing_reference_fails_at_start(tiny_model
     module.objective = DSGRPO(beta=0.0, smoothing_model="reference")
     with pytest.raises(ConfigError, match="needs the reference model"):
         module.on_fit_start()
+
+
+def test_ds_grpo_smoothing_under_the_reference_model_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
+    """``smoothing_model: reference`` with ``beta: 0``: the reference model is loaded for the smoothing alone.
+    Same seed, same rollouts: on the first step the policy is the reference, so the smoothing equals
+    ``smoothing_model: old``'s; on the second the policy has moved and the two differ."""
+    monkeypatch.syspath_prepend(str(USER_CODE))
+    logged = {}
+    for model in ("old", "reference"):
+        cli_main(small_run(tmp_path / model, tiny_model_dir, ROOT / "configs" / "ds_grpo.yaml",
+                           "--rollout.rewards", '[{"class_path": "my_reward.SpreadReward"}]',
+                           "--model.objective.init_args.smoothing_model", model,
+                           "--model.objective.init_args.beta", "0.0", "--model.learning_rate", "1e-2"))
+        events = events_of(tmp_path / model / "runs" / "ds_grpo")
+        logged[model] = {tag: [e.value for e in events.Scalars(tag)]
+                         for tag in ("train/ds/smoothing_correct", "train/ds/smoothing_incorrect")}
+        assert "train/kl" not in events.Tags()["scalars"]
+    for tag, old in logged["old"].items():
+        ref = logged["reference"][tag]
+        assert ref[0] == pytest.approx(old[0], rel=1e-6) and ref[1] != pytest.approx(old[1], rel=1e-3)
