@@ -1,0 +1,154 @@
+"""The study runner (``scripts/study.py``) and its statistics (``lightning_dsrl/metrics/paired.py``):
+hand-computed pass@k, paired intervals and sample efficiency; a small study of 2 arms x 1 seed on the
+tiny model that runs, summarises what its runs wrote, and resumes without re-running finished jobs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lightning_dsrl.metrics.paired import bootstrap_mean, passk_by_seed, samples_to_reach
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("study", ROOT / "scripts" / "study.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["study"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------ statistics
+def test_passk_by_seed_hand_computed():
+    # seed 0: problem 0 has 1 of 4 correct, problem 1 has 2 of 4; seed 1: 0 of 4 and 4 of 4
+    n = torch.tensor([[4, 4], [4, 4]])
+    c = torch.tensor([[1, 2], [0, 4]])
+    values = passk_by_seed(n, c, [1, 2, 4])
+    # pass@2 of 1 in 4 = 1 - C(3,2)/C(4,2) = 1 - 3/6 = .5; of 2 in 4 = 1 - C(2,2)/C(4,2) = 5/6
+    expected = torch.tensor([[[0.25, 0.5, 1.0], [0.5, 5 / 6, 1.0]], [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]],
+                            dtype=torch.float64)
+    torch.testing.assert_close(values, expected)
+    with pytest.raises(ValueError, match="pass@8 needs at least 8 samples"):
+        passk_by_seed(n, c, [8])
+
+
+def test_bootstrap_mean_resamples_seeds_and_problems():
+    # two seeds that differ by a constant: resampling seeds alone spreads the mean over [1, 3]
+    values = torch.tensor([[[1.0], [1.0], [1.0]], [[3.0], [3.0], [3.0]]], dtype=torch.float64)
+    mean, low, high = bootstrap_mean(values, num_resamples=4000)
+    assert float(mean) == 2.0 and float(low) == 1.0 and float(high) == 3.0
+    # problems that differ, one seed: the interval is the problems' bootstrap; a constant has no width
+    mean, low, high = bootstrap_mean(torch.full((1, 5, 2), 0.5, dtype=torch.float64))
+    assert mean.tolist() == low.tolist() == high.tolist() == [0.5, 0.5]
+
+
+def test_paired_difference_removes_shared_problem_difficulty():
+    # problems of very different difficulty, the method ahead by exactly .1 on each: the paired interval
+    # is a point, while each arm's own interval is wide
+    generator = torch.Generator().manual_seed(0)
+    baseline = torch.rand(3, 50, 1, generator=generator, dtype=torch.float64) * 0.8
+    method = baseline + 0.1
+    diff, low, high = bootstrap_mean(method - baseline)
+    assert float(diff) == pytest.approx(0.1) and float(low) == pytest.approx(0.1) and float(high) == pytest.approx(0.1)
+    _, own_low, own_high = bootstrap_mean(method)
+    assert float(own_high - own_low) > 0.1
+
+
+def test_samples_to_reach_the_baseline():
+    n = torch.tensor([[8, 8]])
+    c = torch.tensor([[2, 0]])  # pass@k = (1 - C(6,k)/C(8,k)) / 2
+    curve = [(1 - math.comb(6, k) / math.comb(8, k)) / 2 for k in range(1, 9)]
+    assert samples_to_reach(n, c, curve[2]) == 3
+    assert samples_to_reach(n, c, curve[2] + 1e-6) == 4
+    assert samples_to_reach(n, c, 0.6) is None  # never: problem 1 has no correct sample
+
+
+# ------------------------------------------------------------------ the runner
+def small_study(tmp_path: Path, model_dir: str) -> Path:
+    common = ["--model.name_or_path", model_dir, "--data.task.init_args.num_train", "8",
+              "--data.task.init_args.num_val", "3", "--data.task.init_args.max_number", "6",
+              "--data.task.init_args.max_target", "30", "--data.batch_size", "2", "--rollout.num_generations", "2",
+              "--rollout.max_new_tokens", "6"]
+    spec = {
+        "name": "tiny", "output": str(tmp_path / "out"), "runs_dir": str(tmp_path / "runs"), "seeds": [0],
+        "baseline": "grpo", "common_args": common, "bootstrap": 200,
+        "fit_args": ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+                     "--trainer.num_sanity_val_steps", "0"],
+        "eval_args": ["--rollout.val_num_generations", "4", "--rollout.val_greedy", "false"],
+        "arms": {"base": {"config": "configs/grpo.yaml", "train": False}, "grpo": {"config": "configs/grpo.yaml"}},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_a_small_study_runs_summarises_and_resumes(tmp_path, tiny_model_dir, capsys):
+    study = _script()
+    path = small_study(tmp_path, tiny_model_dir)
+    assert study.main([str(path), "--workers", "2"]) == 0
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert {p.name for p in out.iterdir()} == {"summary.json", "table.md", "passk.png", "diff.png"}
+    assert summary["k"] == [1, 2, 4] and summary["problems"] == 3 and summary["samples_per_problem"] == 4
+    # the summary is what the runs wrote: pass@k from the per-problem counts of each result.json
+    for arm in ("base", "grpo"):
+        result = json.loads((tmp_path / "runs" / arm / "seed_0" / "result.json").read_text())
+        assert result["n"] == [4, 4, 4] and len(result["problems"]) == 3 and result["cpu_s"] > 0
+        expected = [sum(1 - math.comb(4 - c, k) / math.comb(4, k) for c in result["c"]) / 3 for k in (1, 2, 4)]
+        assert summary["arms"][arm]["pass@k"] == pytest.approx(expected)
+    base, grpo = summary["arms"]["base"], summary["arms"]["grpo"]
+    assert base["minus_baseline"]["mean"] == pytest.approx([b - g for b, g in zip(base["pass@k"], grpo["pass@k"])])
+    assert "minus_baseline" not in grpo
+    table = (out / "table.md").read_text()
+    assert "| base | 1 |" in table and "| grpo | 1 |" in table and "Paired difference to `grpo`" in table
+    # the trained arm really trained: its fit left a checkpoint, and its validate evaluated that checkpoint
+    assert (tmp_path / "runs" / "grpo" / "seed_0" / "fit" / "checkpoints" / "last.ckpt").is_file()
+    assert "--ckpt_path" in json.loads((tmp_path / "runs" / "grpo" / "seed_0" / "result.json").read_text())[
+        "commands"][1]
+    # run again: nothing to do; drop one job's result: only that job runs again
+    capsys.readouterr()
+    assert study.main([str(path), "--workers", "2"]) == 0
+    assert "0 job(s) to run, 2 already done" in capsys.readouterr().out
+    (tmp_path / "runs" / "base" / "seed_0" / "result.json").unlink()
+    assert study.main([str(path)]) == 0
+    assert "1 job(s) to run, 1 already done" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["arms"]["grpo"] == grpo
+
+
+def test_a_failing_job_is_reported_and_the_others_still_run(tmp_path, tiny_model_dir, capsys):
+    study = _script()
+    path = small_study(tmp_path, tiny_model_dir)
+    spec = yaml.safe_load(path.read_text())
+    spec["arms"]["broken"] = {"config": "configs/grpo.yaml", "args": ["--model.learning_rate", "-1"]}
+    path.write_text(yaml.safe_dump(spec))
+    assert study.main([str(path), "--workers", "2", "--only", "broken", "base"]) == 1
+    captured = capsys.readouterr()
+    assert "broken seed 0: `lightning_dsrl fit` failed (exit code 2)" in captured.err and "log.txt" in captured.err
+    assert "no summary yet: the baseline arm 'grpo' has no finished run" in captured.out
+    assert (tmp_path / "runs" / "base" / "seed_0" / "result.json").is_file()
+    assert "model.learning_rate" in (tmp_path / "runs" / "broken" / "seed_0" / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"baseline": "nope"}, "baseline 'nope' is not an arm"),
+    ({"arms": {"grpo": {}}}, "arm 'grpo' has no `config`"),
+    ({"seeds": []}, "seeds must be a non-empty list"),
+    ({"colour": "red"}, "unknown key(s) ['colour']"),
+])
+def test_bad_study_files_end_in_one_error_line(tmp_path, tiny_model_dir, change, message):
+    study = _script()
+    path = small_study(tmp_path, tiny_model_dir)
+    spec = {**yaml.safe_load(path.read_text()), **change}
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SystemExit, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+                       .replace("]", r"\]")):
+        study.load_study(path)
