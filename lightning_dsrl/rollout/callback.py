@@ -180,8 +180,13 @@ class RolloutCallback(Callback):
 
         module: RLModule = pl_module  # type: ignore[assignment]
         probe = rollout.select([0]).trim()
-        with torch.no_grad():
-            trainer_logp, _ = module.completion_logprobs(module.policy, probe)  # [1, L]
+        was_training = module.policy.training
+        module.policy.eval()  # the engine samples without dropout (LoRA's included): compare the same function
+        try:
+            with torch.no_grad():
+                trainer_logp, _ = module.completion_logprobs(module.policy, probe)  # [1, L]
+        finally:
+            module.policy.train(was_training)
         engine_logp = self.engine.logprobs(probe).to(trainer_logp.device)  # [1, L]
         diff = float(((trainer_logp - engine_logp).abs() * probe.completion_mask).max())
         diff = sharding.max_over_ranks(diff, module.device)

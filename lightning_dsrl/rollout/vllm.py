@@ -27,7 +27,7 @@ from torch import Tensor
 
 from lightning_dsrl import sharding
 from lightning_dsrl.errors import ConfigError
-from lightning_dsrl.models import _local_path
+from lightning_dsrl.models import _local_path, merged_weights
 from lightning_dsrl.rollout.engine import Generation, RolloutEngine, SamplingParams
 
 if TYPE_CHECKING:
@@ -153,9 +153,10 @@ class VLLMEngine(RolloutEngine):
 
     @torch.no_grad()
     def sync_weights(self, module: RLModule) -> None:
-        """Load the policy's full weights into vLLM's model (gathered from the shards on every rank)."""
+        """Load the policy's full weights into vLLM's model (gathered from the shards on every rank; with LoRA,
+        merged into the base weights under the base model's names)."""
         self._wake(weights_only=True)
-        load_weights(self.llm, sharding.full_weights(module.policy))
+        load_weights(self.llm, merged_weights(module.policy, sharding.full_weights(module.policy)))
 
     def logprobs(self, batch: RolloutBatch) -> Tensor:
         """vLLM's prompt log-probs of prompt + completion, at the batch's temperature (one token generated)."""
