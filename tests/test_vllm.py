@@ -90,6 +90,9 @@ def test_bad_settings():
         VLLMEngine(gpu_memory_utilization=1.5)
     with pytest.raises(ConfigError, match="tensor_parallel_size=0"):
         VLLMEngine(tensor_parallel_size=0)
+    # prompts are not gathered within a tensor-parallel group nor seeded alike: refused until implemented
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size=2: only 1 is supported"):
+        VLLMEngine(tensor_parallel_size=2)
 
 
 def test_engine_settings_weights_sleep_and_sampler_logprobs(fake_vllm, tiny_model_dir):
