@@ -17,7 +17,9 @@ reference model included, reads that copy like any local model.
 LoRA (``LoraSpec``, via peft): :func:`apply_lora` wraps the policy so that only the adapter
 weights train; the reference model is then the same network with its adapters disabled (no
 second copy in memory), and checkpoints hold only the adapters. :func:`export_merged` turns such
-a run checkpoint back into one full model folder (``scripts/export_merged.py``).
+a run checkpoint back into one full model folder (``scripts/export_merged.py``), and
+:func:`merged_weights` hands a rollout engine with its own copy of the model (vLLM,
+``HFEngine(weights: copy)``) the merged weights under the base model's names.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +40,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from lightning_dsrl.errors import ConfigError
 
 __all__ = ["ModelSpec", "LoraSpec", "DEFAULT_MODEL", "resolve_model_path", "load_tokenizer", "load_model",
-           "apply_lora", "export_merged", "cache_root"]
+           "apply_lora", "merged_weights", "export_merged", "cache_root"]
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +248,57 @@ def apply_lora(model: PreTrainedModel, spec: LoraSpec):
     config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
                         bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, config)
+
+
+_LORA_PART = re.compile(r"(?P<layer>.+)\.(?P<part>base_layer|lora_A|lora_B|lora_embedding_A|lora_embedding_B)\."
+                        r"(?P<rest>.+)")
+_PEFT_PREFIX = "base_model.model."
+_FSDP1_WRAPPER = "_fsdp_wrapped_module."  # in FSDP1's module names, not in its (full) state dict's
+
+
+def merged_weights(model: torch.nn.Module, weights: Iterable[tuple[str, torch.Tensor]]
+                   ) -> Iterator[tuple[str, torch.Tensor]]:
+    """``weights``, the full state dict entries of ``model`` (e.g. from ``sharding.full_weights``), as a
+    plain model of the base architecture holds them: with LoRA, each adapted layer's ``W + scale * B @ A``
+    (transposed for embeddings and GPT-2's ``Conv1D``, as peft merges) under the base name
+    (``model.layers.0.self_attn.q_proj.weight``), adapters dropped; a model without LoRA passes through.
+
+    What an engine with its own weights loads. ``model`` itself is left as it is (no in-place merge:
+    it goes on training the adapters); a layer's weight is held only until its adapters arrive.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    layers = {name.replace(_FSDP1_WRAPPER, ""): m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    if not layers:
+        yield from weights
+        return
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in weights:
+        match = _LORA_PART.fullmatch(name)
+        if match is None or match["layer"] not in layers:
+            yield name.removeprefix(_PEFT_PREFIX), tensor
+            continue
+        layer, part, rest = match["layer"], match["part"], match["rest"]
+        module = layers[layer]
+        (adapter,) = module.active_adapters
+        if part == "base_layer" and rest != "weight":  # the bias: not adapted
+            yield f"{layer}.{rest}".removeprefix(_PEFT_PREFIX), tensor
+            continue
+        if part != "base_layer" and rest not in (adapter, f"{adapter}.weight"):
+            raise RuntimeError(f"weight sync: {name}: only the active adapter {adapter!r} can be merged")
+        parts = pending.setdefault(layer, {})
+        parts[part.removeprefix("lora_embedding_").removeprefix("lora_")] = tensor
+        if len(parts) == 3:
+            del pending[layer]
+            delta = parts["B"].float() @ parts["A"].float()  # [out, in] ([dim, vocab] for an embedding)
+            if adapter in module.lora_embedding_A or module.fan_in_fan_out:
+                delta = delta.T
+            base = parts["base_layer"]
+            merged = (base.float() + module.scaling[adapter] * delta).to(base.dtype)
+            yield f"{layer}.weight".removeprefix(_PEFT_PREFIX), merged
+    if pending:
+        layer, parts = next(iter(pending.items()))
+        raise RuntimeError(f"weight sync: the LoRA layer {layer} sent only {sorted(parts)}")
 
 
 def export_merged(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

@@ -11,8 +11,11 @@ leaves out and a run killed at step N needs, to continue as if it had never stop
 
 ``RLModule.on_save_checkpoint`` stores them under ``checkpoint["resume_state"]`` (gathered from
 all ranks; plain values and tensors only, so ``weights_only=True`` loads them) and
-``on_load_checkpoint`` puts each rank's back. The rollout engine's own state (vLLM's seed counter)
-travels in the rollout callback's state.
+``on_load_checkpoint`` puts each rank's back. ``HFEngine`` samples from torch's generators, so its
+rollouts after a resume are the uninterrupted run's, with ``weights: shared`` or ``copy``
+(``tests/test_resume.py``). ``VLLMEngine`` samples from vLLM's own generator, seeded with
+``seed + rank`` when the engine starts and not saved: after a resume it starts that stream again, so
+its rollouts are valid samples but not the ones the uninterrupted run would have drawn.
 """
 
 from __future__ import annotations

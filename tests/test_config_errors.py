@@ -69,6 +69,9 @@ def test_config_file_mistakes(tmp_path, capsys, case):
         (["--model.objective.init_args.gamma_p", "-1"], "gamma_p"),
         (["--rollout.reward_timeout_s", "0"],
          "error: rollout.reward_timeout_s=0.0: give seconds > 0, or null for no limit"),
+        # the trainer's log-probs are of the untruncated distribution: truncated training sampling is refused
+        (["--rollout.top_p", "0.9"], "error: rollout.top_p=0.9: training samples from the full distribution"),
+        (["--rollout.top_k", "20"], "error: rollout.top_k=20: training samples from the full distribution"),
     ],
 )
 def test_command_line_mistakes(capsys, args, expected):

@@ -39,11 +39,15 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
-def test_two_steps_resumed_for_two_equal_four_steps(tmp_path, tiny_model_dir):
+# HFEngine samples from torch's generator, restored with the checkpoint; with ``weights: copy`` the engine's
+# own model is built and synced from the restored policy at the first rollout after the resume
+@pytest.mark.parametrize("engine_weights", ["shared", pytest.param("copy", marks=pytest.mark.slow)])
+def test_two_steps_resumed_for_two_equal_four_steps(tmp_path, tiny_model_dir, engine_weights):
+    engine = ("--rollout.engine.init_args.weights", engine_weights)
     # max_steps counts optimizer steps: 2 per rollout step (model.minibatches 2)
-    cli_main(args(tmp_path / "a", tiny_model_dir, 8))
-    cli_main(args(tmp_path / "b", tiny_model_dir, 4))
-    cli_main(args(tmp_path / "b", tiny_model_dir, 8, "--ckpt_path", "last"))  # into version_1 of the same run
+    cli_main(args(tmp_path / "a", tiny_model_dir, 8, *engine))
+    cli_main(args(tmp_path / "b", tiny_model_dir, 4, *engine))
+    cli_main(args(tmp_path / "b", tiny_model_dir, 8, "--ckpt_path", "last", *engine))  # into version_1 of the same run
     full, first, resumed = (tmp_path / "a/ds_grpo/version_0", tmp_path / "b/ds_grpo/version_0",
                             tmp_path / "b/ds_grpo/version_1")
     a, b = scalars(full), scalars(resumed)

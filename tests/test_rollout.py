@@ -180,3 +180,11 @@ def test_callback_truncates_long_prompts_and_rejects_bad_settings(module):
         RolloutCallback(rewards=[])
     with pytest.raises(ConfigError, match="temperature"):
         RolloutCallback(rewards=[FormatReward()], temperature=0)
+    with pytest.raises(ConfigError, match=r"rollout.top_k=5: .* val_top_k"):
+        RolloutCallback(rewards=[FormatReward()], top_k=5)
+    with pytest.raises(ConfigError, match="rollout.val_top_k=-1"):
+        RolloutCallback(rewards=[FormatReward()], val_top_k=-1)
+    # truncation is for validation only, each with its own setting
+    callback = RolloutCallback(rewards=[FormatReward()], val_top_p=0.9, val_top_k=5)
+    assert (callback.val_sampling.top_p, callback.val_sampling.top_k) == (0.9, 5)
+    assert (callback.train_sampling.top_p, callback.train_sampling.top_k) == (1.0, 0)

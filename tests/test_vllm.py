@@ -4,6 +4,7 @@ correction in the module, and a real vLLM run marked ``gpu``."""
 
 from __future__ import annotations
 
+import copy
 import importlib.machinery
 import importlib.util
 import sys
@@ -17,6 +18,7 @@ import torch
 from lightning_dsrl import functional as F
 from lightning_dsrl.data import CountdownTask
 from lightning_dsrl.errors import ConfigError
+from lightning_dsrl.models import LoraSpec, ModelSpec, load_model
 from lightning_dsrl.module import RLModule
 from lightning_dsrl.objectives import GRPO
 from lightning_dsrl.rewards import CountdownReward
@@ -88,6 +90,9 @@ def test_bad_settings():
         VLLMEngine(gpu_memory_utilization=1.5)
     with pytest.raises(ConfigError, match="tensor_parallel_size=0"):
         VLLMEngine(tensor_parallel_size=0)
+    # prompts are not gathered within a tensor-parallel group nor seeded alike: refused until implemented
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size=2: only 1 is supported"):
+        VLLMEngine(tensor_parallel_size=2)
 
 
 def test_engine_settings_weights_sleep_and_sampler_logprobs(fake_vllm, tiny_model_dir):
@@ -109,6 +114,22 @@ def test_engine_settings_weights_sleep_and_sampler_logprobs(fake_vllm, tiny_mode
     assert llm.calls == [("wake", ["weights"]), "load", ("wake", ["kv_cache"]), "generate", "sleep"]
     assert out.token_ids == [[7], [7, 7], [7], [7, 7]] and out.finished == [True, False, True, False]
     assert out.logprobs == [[-0.1], [-0.2, -0.2], [-0.1], [-0.2, -0.2]]
+
+
+def test_lora_policy_sends_merged_weights_under_the_base_names(fake_vllm, tiny_model_dir):
+    module = RLModule(name_or_path=tiny_model_dir, lora=LoraSpec(r=4, alpha=8))
+    module.configure_model()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # adapters that change the weights (lora_B starts at zero)
+        for name, p in module.policy.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.3 * torch.randn(p.shape, generator=generator))
+    engine = VLLMEngine()
+    engine.bind(module)
+    expected = copy.deepcopy(module.policy).merge_and_unload().state_dict()  # peft's merge, on a copy
+    assert engine.llm.loaded.keys() == load_model(ModelSpec(tiny_model_dir)).state_dict().keys() == expected.keys()
+    torch.testing.assert_close(engine.llm.loaded, expected, rtol=1e-6, atol=1e-6)
+    assert any(".lora_A." in n for n in module.policy.state_dict())  # the policy keeps its adapters
 
 
 def test_rollout_carries_sampler_logprobs_and_the_probe_check_reads_prompt_logprobs(fake_vllm, tiny_model_dir):

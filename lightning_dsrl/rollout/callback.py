@@ -67,8 +67,10 @@ class RolloutCallback(Callback):
         rewards: rewards summed with their weights; verifiers among them decide ``correct``.
         num_generations: completions per prompt (G, the group size).
         temperature: sampling temperature (log-probs are computed at the same temperature).
-        top_p: nucleus sampling threshold (1.0: off).
-        top_k: top-k sampling (0: off).
+        top_p: must stay 1.0 (and ``top_k`` 0): the trainer's log-probs (old, new, reference, the engine
+            probe) are of the full distribution at ``temperature``, so a truncated sampler would make the
+            ratios and DS-GRPO's log-likelihoods wrong. Validation has its own ``val_top_p``/``val_top_k``.
+        top_k: must stay 0 (see ``top_p``).
         max_new_tokens: generation budget per completion.
         stop: strings that end a completion (kept in the text), e.g. ``["</answer>"]``.
         max_prompt_tokens: prompts longer than this keep only their last tokens (counted, warned). Prompts
@@ -78,7 +80,8 @@ class RolloutCallback(Callback):
             and is counted in ``reward/timeouts`` (``null``: no limit).
         val_num_generations: samples per prompt in validation (pass@k is reported up to this k).
         val_temperature: sampling temperature in validation.
-        val_top_p: nucleus threshold in validation.
+        val_top_p: nucleus threshold in validation (1.0: off).
+        val_top_k: top-k sampling in validation (0: off).
         val_greedy: also decode one greedy completion per validation prompt (Potential@k and the
             greedy accuracy need it).
         dynamic_sampling: DAPO's dynamic sampling: drop the groups whose completions are all correct or
@@ -112,6 +115,7 @@ class RolloutCallback(Callback):
         val_num_generations: int = 16,
         val_temperature: float = 1.0,
         val_top_p: float = 1.0,
+        val_top_k: int = 0,
         val_greedy: bool = True,
         dynamic_sampling: bool = False,
         max_resample_rounds: int = 3,
@@ -123,8 +127,15 @@ class RolloutCallback(Callback):
             raise ConfigError("rollout.num_generations and rollout.val_num_generations must be >= 1")
         if temperature <= 0 or val_temperature <= 0:
             raise ConfigError("rollout.temperature must be > 0 (greedy decoding is not a sampling policy)")
-        if not 0 < top_p <= 1 or not 0 < val_top_p <= 1:
-            raise ConfigError("rollout.top_p must be in (0, 1]")
+        if top_p != 1.0 or top_k != 0:
+            option = f"rollout.top_p={top_p}" if top_p != 1.0 else f"rollout.top_k={top_k}"
+            raise ConfigError(f"{option}: training samples from the full distribution (the trainer's log-probs "
+                              "ignore truncation, so ratios and log-likelihoods would be wrong); use top_p: 1.0 and "
+                              "top_k: 0, or truncate validation only with rollout.val_top_p / val_top_k")
+        if not 0 < val_top_p <= 1:
+            raise ConfigError(f"rollout.val_top_p={val_top_p}: must be in (0, 1]")
+        if val_top_k < 0:
+            raise ConfigError(f"rollout.val_top_k={val_top_k}: must be >= 0 (0: off)")
         if max_new_tokens < 1:
             raise ConfigError("rollout.max_new_tokens must be >= 1")
         if max_resample_rounds < 0:
@@ -140,7 +151,7 @@ class RolloutCallback(Callback):
         self.reward = CompositeReward(rewards, timeout_s=reward_timeout_s)
         self.num_generations = num_generations
         self.train_sampling = SamplingParams(num_generations, temperature, top_p, top_k, max_new_tokens, list(stop or []))
-        self.val_sampling = SamplingParams(val_num_generations, val_temperature, val_top_p, top_k, max_new_tokens,
+        self.val_sampling = SamplingParams(val_num_generations, val_temperature, val_top_p, val_top_k, max_new_tokens,
                                            list(stop or []))
         self.val_greedy = val_greedy
         self.greedy_sampling = SamplingParams(1, 1.0, 1.0, 0, max_new_tokens, list(stop or []), greedy=True)
@@ -202,8 +213,13 @@ class RolloutCallback(Callback):
 
         module: RLModule = pl_module  # type: ignore[assignment]
         probe = rollout.select([0]).trim()
-        with torch.no_grad():
-            trainer_logp, _ = module.completion_logprobs(module.policy, probe)  # [1, L]
+        was_training = module.policy.training
+        module.policy.eval()  # the engine samples without dropout (LoRA's included): compare the same function
+        try:
+            with torch.no_grad():
+                trainer_logp, _ = module.completion_logprobs(module.policy, probe)  # [1, L]
+        finally:
+            module.policy.train(was_training)
         engine_logp = self.engine.logprobs(probe).to(trainer_logp.device)  # [1, L]
         diff = float(((trainer_logp - engine_logp).abs() * probe.completion_mask).max())
         diff = sharding.max_over_ranks(diff, module.device)

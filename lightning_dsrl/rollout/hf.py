@@ -29,7 +29,7 @@ from transformers import (
 
 from lightning_dsrl import sharding
 from lightning_dsrl.errors import ConfigError
-from lightning_dsrl.models import load_model
+from lightning_dsrl.models import load_model, merged_weights
 from lightning_dsrl.rollout.engine import Generation, RolloutEngine, SamplingParams
 from lightning_dsrl.rollout.padding import pad_left
 
@@ -91,12 +91,12 @@ class HFEngine(RolloutEngine):
     @torch.no_grad()
     def sync_weights(self, module: RLModule) -> None:
         """Copy the policy's weights into the engine's model, tensor by tensor (gathered from the shards on
-        every rank when the policy is sharded)."""
+        every rank when the policy is sharded; with LoRA, merged into the base weights)."""
         if not self.owns_weights or self.model is None:
             return
         own = self.model.state_dict()
         seen = set()
-        for name, tensor in sharding.full_weights(module.policy):
+        for name, tensor in merged_weights(module.policy, sharding.full_weights(module.policy)):
             if name not in own or own[name].shape != tensor.shape:
                 raise RuntimeError(f"weight sync: the policy's {name} {list(tensor.shape)} has no counterpart of that "
                                    "shape in the engine's model")

@@ -1,8 +1,9 @@
 """``VLLMEngine``: rollouts with vLLM, colocated with training on the same GPUs (``[vllm]`` extra).
 
-Each training process holds one vLLM ``LLM`` on its own GPU (``tensor_parallel_size`` > 1 splits
-it over that many GPUs of the process group through vLLM's ``external_launcher``). Memory is
-shared with training by time:
+Each training process holds one vLLM ``LLM`` on its own GPU (in a multi-process run through vLLM's
+``external_launcher``). One instance over several GPUs (``tensor_parallel_size`` > 1) is refused:
+its processes would have to generate for the same prompts with the same seed, which is not
+implemented. Memory is shared with training by time:
 
     generate   wake_up() -> llm.generate(prompts, n samples, sampler log-probs) -> sleep(level=1)
     update     (vLLM asleep: weights offloaded to CPU, KV cache freed)
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from lightning_dsrl import sharding
 from lightning_dsrl.errors import ConfigError
-from lightning_dsrl.models import _local_path
+from lightning_dsrl.models import _local_path, merged_weights
 from lightning_dsrl.rollout.engine import Generation, RolloutEngine, SamplingParams
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ class VLLMEngine(RolloutEngine):
     Args:
         gpu_memory_utilization: share of each GPU's memory vLLM may take for weights and KV cache;
             training gets the rest (while vLLM sleeps it gives back the KV cache and offloads weights).
-        tensor_parallel_size: GPUs one vLLM instance spans (1: one per training process).
+        tensor_parallel_size: GPUs one vLLM instance spans; only 1 (one instance per training process) for now.
         sleep: free vLLM's GPU memory between rollouts (``enable_sleep_mode``); off: faster, but
             training must fit beside vLLM's memory.
         dtype: vLLM's weight dtype (``auto``: the model's); the trainer's float32 vs vLLM's bf16 is
@@ -73,8 +74,10 @@ class VLLMEngine(RolloutEngine):
         if not 0 < gpu_memory_utilization <= 1:
             raise ConfigError(f"rollout.engine.init_args.gpu_memory_utilization={gpu_memory_utilization}: give a share "
                               "in (0, 1], e.g. 0.3 (training uses the rest)")
-        if tensor_parallel_size < 1:
-            raise ConfigError(f"rollout.engine.init_args.tensor_parallel_size={tensor_parallel_size}: must be >= 1")
+        if tensor_parallel_size != 1:
+            raise ConfigError(f"rollout.engine.init_args.tensor_parallel_size={tensor_parallel_size}: only 1 is supported "
+                              "(one vLLM instance per training process); splitting an instance over GPUs would need the "
+                              "prompts gathered and the seeds shared within each group, which is not implemented")
         self.gpu_memory_utilization = gpu_memory_utilization
         self.tensor_parallel_size = tensor_parallel_size
         self.sleep = sleep
@@ -98,9 +101,6 @@ class VLLMEngine(RolloutEngine):
 
         self.module = module
         world = sharding.world_size()
-        if world % self.tensor_parallel_size:
-            raise ConfigError(f"rollout.engine.init_args.tensor_parallel_size={self.tensor_parallel_size} must divide "
-                              f"the number of training processes ({world})")
         rank = torch.distributed.get_rank() if world > 1 else 0
         self.llm = LLM(
             model=_local_path(module.spec), tokenizer=_local_path(module.spec),
@@ -153,9 +153,10 @@ class VLLMEngine(RolloutEngine):
 
     @torch.no_grad()
     def sync_weights(self, module: RLModule) -> None:
-        """Load the policy's full weights into vLLM's model (gathered from the shards on every rank)."""
+        """Load the policy's full weights into vLLM's model (gathered from the shards on every rank; with LoRA,
+        merged into the base weights under the base model's names)."""
         self._wake(weights_only=True)
-        load_weights(self.llm, sharding.full_weights(module.policy))
+        load_weights(self.llm, merged_weights(module.policy, sharding.full_weights(module.policy)))
 
     def logprobs(self, batch: RolloutBatch) -> Tensor:
         """vLLM's prompt log-probs of prompt + completion, at the batch's temperature (one token generated)."""
