@@ -14,6 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "configs" / "ds_grpo.yaml")
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """If a check regresses, the run it no longer stops writes its runs/ here, not into the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def error_of(argv: list[str], capsys, code: int = 2) -> str:
     with pytest.raises(SystemExit) as exit_info:
         cli_main(argv)
