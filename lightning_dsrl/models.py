@@ -231,12 +231,22 @@ def _check_targets(model: PreTrainedModel, spec: LoraSpec) -> None:
             raise ConfigError("model.lora.target_modules='all-linear': the model has no linear layer to adapt")
         return
     if isinstance(spec.target_modules, str):
-        missing = [] if any(re.fullmatch(spec.target_modules, n) for n in layers) else [spec.target_modules]
+        matched = [n for n in layers if re.fullmatch(spec.target_modules, n)]
+        missing = [] if matched else [spec.target_modules]
     else:
+        matched = [n for n in layers if any(n == t or n.endswith("." + t) for t in spec.target_modules)]
         missing = [t for t in spec.target_modules if not any(n == t or n.endswith("." + t) for n in layers)]
     if missing:
         raise ConfigError(f"model.lora.target_modules: {missing} match no layer of the model; its adaptable layers "
                           f"are named {names} (or use 'all-linear')")
+    if getattr(model.config, "tie_word_embeddings", False):
+        modules = {id(m): n for n, m in model.named_modules()}
+        tied = {modules.get(id(m)) for m in (model.get_input_embeddings(), model.get_output_embeddings())}
+        if hit := sorted(n for n in matched if n in tied):
+            # the merged model would need two different matrices where the architecture holds one
+            raise ConfigError(f"model.lora.target_modules: {hit} share their weight with the tied input/output "
+                              "embedding (tie_word_embeddings), which a LoRA update would untie; adapt other layers "
+                              "(e.g. 'all-linear', which leaves the output head out)")
 
 
 def apply_lora(model: PreTrainedModel, spec: LoraSpec):

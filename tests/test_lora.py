@@ -141,6 +141,12 @@ def test_target_modules_that_match_nothing_list_the_layers(tiny_model_dir):
         LoraSpec(r=0)
 
 
+def test_lora_on_a_tied_embedding_is_refused(tiny_model_dir):
+    # the tiny model ties its input embedding and output head: an adapter there would untie them
+    with pytest.raises(ConfigError, match=r"\['model.embed_tokens'\] share their weight with the tied"):
+        lora_module(tiny_model_dir, lora=LoraSpec(target_modules=["embed_tokens", "q_proj"]))
+
+
 def test_lora_with_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, rollout):
     grads = []
     for checkpointing in (False, True):
