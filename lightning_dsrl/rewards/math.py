@@ -30,6 +30,7 @@ from pathlib import Path
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.rewards.base import RewardModule
 from lightning_dsrl.rewards.countdown import extract_answer
+from lightning_dsrl.rewards.equations import extract_equations
 from lightning_dsrl.rewards.numeric import parse_number
 from lightning_dsrl.types import PromptRecord, RewardResult
 
@@ -268,7 +269,8 @@ class MathReward(RewardModule):
     """1.0 when the completion's final answer equals ``record.answer`` under math-verify, else 0.0.
 
     A verifier: ``correct`` is the verdict, ``answer`` the normalised extracted answer (equal for
-    ``0.5`` and ``\\frac{1}{2}``), used by the diversity metrics. The reference answer is a
+    ``0.5`` and ``\\frac{1}{2}``) and ``equations`` the equations the solution writes
+    (:func:`~lightning_dsrl.rewards.equations.extract_equations`), used by the diversity metrics. The reference answer is a
     LaTeX string such as ``42`` or ``\\frac{\\sqrt{3}}{2}`` (what ``MathTask`` puts in
     ``record.answer``).
 
@@ -291,14 +293,15 @@ class MathReward(RewardModule):
         self.verifier = MathVerifier(timeout)
 
     def score(self, record: PromptRecord, completion: str) -> RewardResult:
+        equations = extract_equations(completion)
         pred = final_answer(completion)
         if pred is None or len(pred) > self.max_answer_chars:
-            return RewardResult(0.0, correct=False, answer=None)
+            return RewardResult(0.0, correct=False, answer=None, equations=equations)
         # plain numbers compare exactly here: no worker round trip, and "1,000" stays one number
         # (math-verify reads "+1,000.0" as the set {1, 0.0})
         value, gold = parse_number(pred), parse_number(str(record.answer))
         if value is not None and gold is not None:
             correct = value == gold
-            return RewardResult(1.0 if correct else 0.0, correct=correct, answer=str(value))
+            return RewardResult(1.0 if correct else 0.0, correct=correct, answer=str(value), equations=equations)
         correct, answer = self.verifier.check(str(record.answer), pred)
-        return RewardResult(1.0 if correct else 0.0, correct=correct, answer=answer)
+        return RewardResult(1.0 if correct else 0.0, correct=correct, answer=answer, equations=equations)
