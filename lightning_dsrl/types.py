@@ -56,12 +56,15 @@ class RewardResult:
     apart from format bonuses because DS-GRPO, R1-zero-Div, pass@k and the metrics need it
     (``None`` from rewards that are not verifiers, such as a format bonus). ``answer`` is the
     normalised extracted answer (an equation, a number) used by the diversity metrics.
+    ``equations`` are the distinct normalised equations written in the completion, for Div-Equ
+    (``None`` from rewards that do not extract them).
     """
 
     reward: float
     correct: bool | None = None
     answer: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    equations: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -100,6 +103,7 @@ class RolloutBatch:
     prompts: list[str] = field(default_factory=list)  # [N] prompt text of each completion
     completions: list[str] = field(default_factory=list)  # [N] decoded completion text
     answers: list[str | None] = field(default_factory=list)  # [N] normalised extracted answers
+    equations: list[tuple[str, ...] | None] = field(default_factory=list)  # [N] equations written in each completion
     records: list[PromptRecord] = field(default_factory=list)  # [N] the prompt record of each completion
     totals: dict[str, float] = field(default_factory=dict)  # sizes of the parent minibatch, see ``total``
 

@@ -36,12 +36,13 @@ def make_batches() -> list[tuple[RolloutBatch, torch.Tensor, torch.Tensor]]:
         correct = torch.rand(n, generator=g) < 0.4
         texts = ["" if rng.random() < 0.1 else " ".join(rng.choices(WORDS, k=rng.randint(1, 8))) for _ in range(n)]
         answers = [None if rng.random() < 0.3 else rng.choice(["1+2", "2*3", "3-1", "(1+2)*3"]) for _ in range(n)]
+        equations = [tuple(rng.sample(["1+2=3", "2*3=6", "3-1=2", "x=2"], rng.randint(0, 3))) for _ in range(n)]
         rollout = RolloutBatch(
             prompt_ids=torch.zeros(n, 2, dtype=torch.long), prompt_mask=torch.ones(n, 2, dtype=torch.bool),
             completion_ids=torch.zeros(n, 8, dtype=torch.long), completion_mask=mask,
             group_ids=torch.arange(label, label + size).repeat_interleave(GROUP),
             rewards=correct.float(), correct=correct, truncated=torch.zeros(n, dtype=torch.bool),
-            completions=texts, answers=answers,
+            completions=texts, answers=answers, equations=equations,
         )
         entropy = torch.rand(n, 8, generator=g) * 3 * mask
         greedy = torch.rand(size, generator=g) < 0.3

@@ -59,7 +59,7 @@ def assert_report(report: dict, problems: int, samples: int) -> None:
         assert len(report["passk"][key]) == len(ks)
         assert all(0.0 <= v <= 1.0 for v in report["passk"][key])
     assert report["potential"]["k"] == ks
-    expected = {"greedy_accuracy", f"mean@{samples}", "div_equ", "distinct_1", "distinct_2", "distinct_3",
+    expected = {"greedy_accuracy", f"mean@{samples}", "div_equ", "div_answers", "distinct_1", "distinct_2", "distinct_3",
                 "self_bleu", "distinct_correct", "entropy", "entropy_correct", "entropy_incorrect"}
     assert set(report["values"]) == expected
     # never an unexplained gap: every undefined value has its reason
@@ -81,7 +81,7 @@ def test_validate_writes_metrics_samples_and_the_passk_plot(tmp_path, tiny_model
     assert len(rows) == 4
     for row in rows:
         assert row["prompt"].startswith("Numbers:")
-        assert len(row["completions"]) == len(row["rewards"]) == len(row["correct"]) == 4
+        assert len(row["completions"]) == len(row["rewards"]) == len(row["correct"]) == len(row["equations"]) == 4
         assert set(row["greedy"]) == {"completion", "reward", "correct", "answer"}
     assert_valid_png(run / "eval" / "passk.png")
 

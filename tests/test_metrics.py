@@ -13,6 +13,7 @@ import torch
 from lightning_dsrl.metrics import (
     DistinctCorrect,
     DistinctN,
+    DivAnswers,
     DivEqu,
     MeanAtK,
     PassAtK,
@@ -22,6 +23,7 @@ from lightning_dsrl.metrics import (
     TokenEntropy,
     distinct_correct_mean,
     distinct_n,
+    div_answers,
     div_equ,
     mean_at_k,
     pass_at_k_bootstrap,
@@ -31,7 +33,8 @@ from lightning_dsrl.metrics import (
     token_entropy,
     tokenize,
 )
-from lightning_dsrl.types import RolloutBatch
+from lightning_dsrl.rewards import CompositeReward, CountdownReward, MathReward
+from lightning_dsrl.types import PromptRecord, RolloutBatch
 
 
 def exact_pass_at_k(n: int, c: int, k: int) -> Fraction:
@@ -140,17 +143,69 @@ def test_tokenize_splits_symbols():
     assert tokenize("") == [] and tokenize("  \n") == []
 
 
-def test_div_equ_by_hand():
+def test_div_answers_by_hand():
     group_ids = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
     answers = ["1+2", "1+2", "3*1", None, None, None, "a", "b"]
     # problem 0: 3 extracted, 2 distinct -> 100 * 2/3; problem 1: none extracted, left out; problem 2: 100
     expected = (100 * 2 / 3 + 100) / 2
-    assert float(div_equ(group_ids, answers)) == pytest.approx(expected)
-    metric = DivEqu()
+    assert float(div_answers(group_ids, answers)) == pytest.approx(expected)
+    metric = DivAnswers()
     metric.update(group_ids[:6], answers[:6])
     metric.update(group_ids[6:], answers[6:])
     assert float(metric.compute()) == pytest.approx(expected)
-    assert math.isnan(float(div_equ(torch.tensor([0, 0]), [None, None])))
+    assert math.isnan(float(div_answers(torch.tensor([0, 0]), [None, None])))
+
+
+# three GSM8K-style solutions to each of three problems, as a model might write them
+GSM8K_SOLUTIONS = [
+    ("72", "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nShe sold 48+24 = <<48+24=72>>72 clips altogether.\n#### 72"),
+    ("72", "In May she sold 48 / 2 = 24 clips. In total 48 + 24 = 72.\n#### 72"),
+    ("72", "Half of 48 is 24, and 24 + 48 = 72.\n#### 72"),
+    ("5", "$\\frac{100}{2} = 50$, so she needs 100 - 50 - 15 - 30 = <<100-50-15-30=5>>5 more.\n#### 5"),
+    ("5", "She needs 5 dollars.\n#### 5"),
+    ("5", "Her grandparents give 15 x 2 = 30, so 50 + 15 + 30 = 95 and 100 - 95 = 5.\n#### 5"),
+    ("3", "#### 3"),
+    ("3", "The answer is 4.\n#### 4"),
+    ("3", "#### 3"),
+]
+
+
+def test_div_equ_counts_the_equations_written_in_gsm8k_style_solutions():
+    # problem 0: {48/2=24, 48+24=72} + {48/2=24, 48+24=72} (spacing is normalised) + {24+48=72}
+    #   -> 5 equations, 3 distinct -> 100 * 3/5 = 60
+    # problem 1: {\frac{100}{2}=50, 100-50-15-30=5} + {} + {15*2=30, 50+15+30=95, 100-95=5}
+    #   -> 5 equations, 5 distinct -> 100
+    # problem 2: no equation written -> left out;  div_equ = (60 + 100) / 2 = 80
+    # answers: 72, 72, 72 -> 100/3; 5, 5, 5 -> 100/3; 3, 4, 3 -> 200/3;  div_answers = (400/3) / 3
+    records = [PromptRecord("q", answer=gold) for gold, _ in GSM8K_SOLUTIONS]
+    reward = MathReward()  # integer answers never reach the math-verify worker
+    scored = CompositeReward([reward]).score_batch(records, [text for _, text in GSM8K_SOLUTIONS])
+    assert scored.equations[:3] == [("48/2=24", "48+24=72"), ("48/2=24", "48+24=72"), ("24+48=72",)]
+    assert scored.equations[4] == () and scored.equations[5] == ("15*2=30", "50+15+30=95", "100-95=5")
+    group_ids = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    assert float(div_equ(group_ids, scored.equations)) == pytest.approx(80.0)
+    assert float(div_answers(group_ids, scored.answers)) == pytest.approx(400 / 9)
+    metric = DivEqu()
+    metric.update(group_ids[:3], scored.equations[:3])
+    metric.update(group_ids[3:], scored.equations[3:])
+    assert float(metric.compute()) == pytest.approx(80.0)
+    assert reward.verifier._worker is None
+    with pytest.raises(TypeError, match="div_answers"):  # answers passed where equations are expected
+        div_equ(group_ids, scored.answers)
+    assert math.isnan(float(div_equ(torch.tensor([0, 0]), [None, ()])))
+
+
+def test_div_equ_on_countdown_is_the_answer_ratio_as_before():
+    # CountDown: a completion's one equation is its normal-form answer, so Div-Equ keeps its values
+    # problem 0: (12-7)*3, (12-7)*3, 12+7-3, none -> 3 extracted, 2 distinct -> 100 * 2/3
+    # problem 1: (12-7)*3 twice (the <think> work is not an answer) -> 100 * 1/2;  mean = 175/3
+    record = PromptRecord("p", meta={"numbers": [3, 7, 12], "target": 15})
+    completions = ["<answer>3*(12-7)</answer>", "<answer>(12-7)*3</answer>", "<answer>12+7-3</answer>", "none",
+                   "<think>12 - 7 = 5, 5 * 3 = 15</think><answer>(12-7)*3</answer>", "<answer>3*(12-7)</answer>"]
+    scored = CompositeReward([CountdownReward()]).score_batch([record] * 6, completions)
+    group_ids = torch.tensor([0, 0, 0, 0, 1, 1])
+    assert float(div_equ(group_ids, scored.equations)) == pytest.approx(175 / 3)
+    assert float(div_answers(group_ids, scored.answers)) == pytest.approx(175 / 3)
 
 
 def test_distinct_n_by_hand():
@@ -211,7 +266,7 @@ def test_token_entropy_split_by_verdict():
 
 
 # ------------------------------------------------------------------------------------------ RolloutMetrics
-def fake_rollout(group_ids, correct, completions, answers, length: int = 3) -> RolloutBatch:
+def fake_rollout(group_ids, correct, completions, answers, length: int = 3, equations=()) -> RolloutBatch:
     n = len(completions)
     return RolloutBatch(
         prompt_ids=torch.zeros(n, 2, dtype=torch.long), prompt_mask=torch.ones(n, 2, dtype=torch.bool),
@@ -219,7 +274,7 @@ def fake_rollout(group_ids, correct, completions, answers, length: int = 3) -> R
         completion_mask=torch.ones(n, length, dtype=torch.bool),
         group_ids=torch.tensor(group_ids), rewards=torch.tensor(correct, dtype=torch.float32),
         correct=torch.tensor(correct), truncated=torch.zeros(n, dtype=torch.bool),
-        completions=list(completions), answers=list(answers),
+        completions=list(completions), answers=list(answers), equations=list(equations),
     )
 
 
@@ -230,7 +285,8 @@ def test_rollout_metrics_report_explains_every_undefined_value():
     metrics.update(rollout, entropy=torch.ones(4, 3), greedy_correct=torch.tensor([True, True]))
     report = metrics.compute()
     undefined = {name for name, value in report.values.items() if value is None}
-    assert undefined == {"div_equ", "distinct_1", "distinct_2", "distinct_3", "self_bleu", "entropy_correct"}
+    assert undefined == {"div_equ", "div_answers", "distinct_1", "distinct_2", "distinct_3", "self_bleu",
+                         "entropy_correct"}
     assert undefined | {"potential@k"} == set(report.notes)
     assert "greedy decoding solved every problem" in report.notes["potential@k"]
     assert report.values["greedy_accuracy"] == 1.0 and report.values["entropy_incorrect"] == 1.0
@@ -243,8 +299,9 @@ def test_rollout_metrics_values_match_the_functional_forms():
     correct = [True, False, True, False, False, True]
     texts = ["<answer>1+2</answer>", "<answer>3</answer>", "<answer>2+1</answer>", "x", "x y", "<answer>4*5</answer>"]
     answers = ["1+2", "3", "1+2", None, None, "4*5"]
+    equations = [("1+2=3",), ("1+2=3", "3=3"), (), None, ("2*2=4",), ("4*5=20",)]
     metrics = RolloutMetrics(distinct_ns=(2,))
-    rollout = fake_rollout(group_ids, correct, texts, answers)
+    rollout = fake_rollout(group_ids, correct, texts, answers, equations=equations)
     metrics.update(rollout, greedy_correct=torch.tensor([False, True]))
     report = metrics.compute()
     g = torch.tensor(group_ids)
@@ -253,7 +310,9 @@ def test_rollout_metrics_values_match_the_functional_forms():
     assert report.passk["value"] == pytest.approx(pass_at_k_curve(torch.tensor([3, 3]), torch.tensor([2, 1])).tolist())
     assert report.potential["value"] == pytest.approx([2 / 3, 1.0, 1.0])  # problem 0 only: c = 2 of 3
     assert report.values["mean@3"] == pytest.approx((2 / 3 + 1 / 3) / 2)
-    assert report.values["div_equ"] == pytest.approx(float(div_equ(g, answers)))
+    assert report.values["div_equ"] == pytest.approx(float(div_equ(g, equations)))  # (100 * 2/3 + 100) / 2
+    assert report.values["div_equ"] == pytest.approx(250 / 3)
+    assert report.values["div_answers"] == pytest.approx(float(div_answers(g, answers)))
     assert report.values["distinct_2"] == pytest.approx(float(distinct_n(texts, 2)))
     assert report.values["self_bleu"] == pytest.approx(float(self_bleu(g, texts)))
     assert report.values["distinct_correct"] == pytest.approx(1.0)  # {1+2} and {4*5}

@@ -47,7 +47,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     # the data is rich enough that every metric is defined and the bootstrap band is not flat
     assert single["num_problems"] == sum(worker.BATCH_SIZES) and not single["notes"]
-    assert all(v is not None for v in single["values"].values()) and len(single["values"]) == 11
+    assert all(v is not None for v in single["values"].values()) and len(single["values"]) == 12
     assert single["passk"]["high"][0] > single["passk"]["low"][0]
     for report in ranks:
         assert_same(report, single)

@@ -89,13 +89,15 @@ class Garbage(RewardModule):
 
 
 @pytest.mark.parametrize("value", [RewardResult(float("nan"), True), RewardResult(float("inf"), True),
-                                   RewardResult("high", True), None, 1.0])
+                                   RewardResult("high", True), None, 1.0,
+                                   RewardResult(1.0, True, equations="1+1=2"),  # a string, not a tuple of them
+                                   RewardResult(1.0, True, equations=(2,))])
 def test_an_invalid_result_scores_zero_and_counts_as_an_error(value):
     composite = CompositeReward([Garbage(value), FormatReward(weight=0.5)])
     batch = composite.score_batch([RECORD], ["<answer>1</answer>"])
     # format: 1.0 * 0.5; the garbage verifier: 0 and incorrect
     assert batch.rewards.tolist() == [0.5] and batch.correct.tolist() == [False]
-    assert (batch.errors, batch.timeouts) == (1, 0)
+    assert (batch.errors, batch.timeouts) == (1, 0) and batch.equations == [None]
 
 
 def test_a_hanging_reward_times_out_once_logged_with_its_sample(user_code, caplog):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pickle
+import sys
 
 import pytest
 
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.rewards import CompositeReward, MathReward
+from lightning_dsrl.rewards import math as math_module
+from lightning_dsrl.rewards.guard import RewardTimeout
 from lightning_dsrl.rewards.math import final_answer, gsm8k_answer, last_boxed, last_number
 from lightning_dsrl.types import PromptRecord
 
@@ -115,8 +118,91 @@ def test_reward_inside_a_composite_and_pickled(reward):
     scored = composite.score_batch([record("4"), record("4")], [r"\boxed{4}", r"\boxed{5}"])
     assert scored.correct.tolist() == [True, False] and scored.rewards.tolist() == [1.0, 0.0]
     copy = pickle.loads(pickle.dumps(reward))  # e.g. Lightning or a DataLoader worker copying the callback
-    assert copy.verifier._process is None and copy(record("4"), r"\boxed{4}").correct
+    assert copy.verifier._worker is None and copy(record("4"), r"\boxed{4}").correct
     copy.verifier.close()
+
+
+# ---------------------------------------------------------------------------- interrupted calls
+# Right and wrong answers interleaved, all going through the worker (none is a plain number);
+# after a shifted verdict, \frac{1}{5} would be judged correct or \frac{2}{4} wrong.
+HALF = r"\frac{1}{2}"
+SEQUENCE = [(r"\frac{1}{5}", False), (r"\frac{2}{4}", True), (r"\frac{1}{3}", False), (r"\frac{3}{6}", True),
+            (r"\sqrt{2}", False), (r"\frac{\sqrt{2}}{\sqrt{8}}", True)]
+
+
+def test_verdicts_stay_paired_after_the_budget_interrupts_the_workers_start_up():
+    # as the rollout callback uses it: MathReward inside the composite, whose budget interrupts the call
+    math = MathReward(timeout=30.0)
+    composite = CompositeReward([math], timeout_s=0.05)  # far shorter than the worker's imports (sympy)
+    try:
+        first = composite.score_batch([record(HALF)], [r"\boxed{\frac{1}{2}}"])
+        assert first.timeouts == 1 and not first.correct[0]
+        composite.timeout_s = 120.0  # normal budgets from here on
+        preds = [pred for pred, _ in SEQUENCE]
+        scored = composite.score_batch([record(HALF)] * len(preds), [rf"\boxed{{{pred}}}" for pred in preds])
+        assert scored.timeouts == 0 and scored.errors == 0
+        assert scored.correct.tolist() == [ok for _, ok in SEQUENCE]
+    finally:
+        math.verifier.close()
+
+
+class _InterruptAtLine:
+    """Raises ``RewardTimeout`` at the ``k``-th line run in ``rewards/math.py``, as the composite's
+    ``SIGALRM`` budget can at any line; ``fired`` says whether the call got that far."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.fired = k, False
+
+    def __call__(self, frame, event, arg):
+        if frame.f_code.co_filename != math_module.__file__:
+            return None
+        if event == "line":
+            self.k -= 1
+            if self.k == 0:
+                self.fired = True
+                raise RewardTimeout("injected")  # a trace function's exception propagates, and tracing stops
+        return self
+
+
+@pytest.mark.parametrize("start", ["warm", pytest.param("cold", marks=pytest.mark.slow)])
+def test_verdicts_stay_paired_whichever_line_an_interruption_lands_on(start):
+    # warm: every line of a call to a ready worker (the write, the wait for the reply, its parsing);
+    # cold: also every line of the worker's start-up, a fresh worker each time (a minute or two)
+    verifier = MathReward(timeout=30.0).verifier
+    try:
+        assert verifier.check(HALF, r"\frac{2}{4}") == (True, "1/2")
+        k = 0
+        while True:
+            k += 1
+            if start == "cold":
+                verifier.close()
+            interrupt = _InterruptAtLine(k)
+            sys.settrace(interrupt)
+            try:
+                verifier.check(HALF, r"\frac{1}{3}")
+            except RewardTimeout:
+                pass
+            finally:
+                sys.settrace(None)
+            if not interrupt.fired:
+                break  # the call ran to its end without reaching line k
+            for pred, ok in SEQUENCE[:2]:
+                assert verifier.check(HALF, pred)[0] is ok, f"interrupted at line {k}: wrong verdict for {pred}"
+        assert k > 10, "the injection never reached the call's lines"
+    finally:
+        verifier.close()
+
+
+def test_a_worker_that_cannot_start_is_one_clear_error_and_the_next_call_starts_afresh(monkeypatch):
+    verifier = MathReward(timeout=30.0).verifier
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(sys, "executable", "/bin/false")  # exits at once, like a broken math-verify install
+            with pytest.raises(RuntimeError, match="exited with code 1"):
+                verifier.check(HALF, r"\frac{2}{4}")
+        assert verifier.check(HALF, r"\frac{2}{4}") == (True, "1/2")
+    finally:
+        verifier.close()
 
 
 def test_bad_timeout_is_a_config_error():

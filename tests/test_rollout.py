@@ -169,6 +169,8 @@ def test_callback_builds_a_scored_rollout_batch(module):
                                               not in rollout.completion_ids[i].tolist())
     assert rollout.records[5] is records[1] and rollout.prompts[5] == records[1].prompt
     assert set(rollout.reward_parts) == {"countdown", "format"}
+    # the verifier's equations travel with the batch (CountDown: the answer is the equation)
+    assert rollout.equations == [(a,) if a is not None else () for a in rollout.answers] and len(rollout.equations) == n
     assert rollout.temperature == 1.0 and rollout.max_new_tokens == 10
 
 

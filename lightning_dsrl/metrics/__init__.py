@@ -1,7 +1,7 @@
 """Metrics of correctness and diversity (ALGORITHMS.md section 5) as torchmetrics ``Metric`` s.
 
     passk.py      PassAtK (curve + bootstrap interval), MeanAtK, PotentialAtK
-    diversity.py  DivEqu, DistinctN, SelfBLEU, DistinctCorrect
+    diversity.py  DivEqu, DivAnswers, DistinctN, SelfBLEU, DistinctCorrect
     entropy.py    TokenEntropy (all / correct / incorrect)
     functional.py the functional twins (``_x_update`` / ``_x_compute`` shared with the classes)
     rollout.py    RolloutMetrics: all of them for one stage, fed from rollout batches -> EvalReport
@@ -9,12 +9,13 @@
     plot.py       the pass@k curve as a PNG (matplotlib)
 """
 
-from lightning_dsrl.metrics.diversity import DistinctCorrect, DistinctN, DivEqu, SelfBLEU
+from lightning_dsrl.metrics.diversity import DistinctCorrect, DistinctN, DivAnswers, DivEqu, SelfBLEU
 from lightning_dsrl.metrics.entropy import TokenEntropy
 from lightning_dsrl.metrics.functional import (
     distinct_correct,
     distinct_correct_mean,
     distinct_n,
+    div_answers,
     div_equ,
     group_counts,
     mean_at_k,
@@ -32,6 +33,7 @@ from lightning_dsrl.metrics.rollout import EvalReport, RolloutMetrics
 __all__ = [
     "DistinctCorrect",
     "DistinctN",
+    "DivAnswers",
     "DivEqu",
     "EvalReport",
     "MeanAtK",
@@ -43,6 +45,7 @@ __all__ = [
     "distinct_correct",
     "distinct_correct_mean",
     "distinct_n",
+    "div_answers",
     "div_equ",
     "group_counts",
     "mean_at_k",

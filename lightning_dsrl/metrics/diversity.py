@@ -1,4 +1,5 @@
-"""Diversity metrics as torchmetrics ``Metric`` s: ``DivEqu``, ``DistinctN``, ``SelfBLEU``, ``DistinctCorrect``.
+"""Diversity metrics as torchmetrics ``Metric`` s: ``DivEqu``, ``DivAnswers``, ``DistinctN``, ``SelfBLEU``,
+``DistinctCorrect``.
 
 Text goes in, only tensor sums come out of ``update`` (as in torchmetrics' text metrics), so the
 state syncs across processes with a plain sum. The per-problem ones need every sample of a
@@ -8,6 +9,8 @@ undefined on the data is ``nan`` (see each function in :mod:`lightning_dsrl.metr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -15,13 +18,14 @@ from torchmetrics import Metric
 from lightning_dsrl.metrics.functional import (
     _distinct_correct_update,
     _distinct_n_update,
+    _div_answers_update,
     _div_equ_update,
     _ratio,
     _self_bleu_compute,
     _self_bleu_update,
 )
 
-__all__ = ["DivEqu", "DistinctN", "SelfBLEU", "DistinctCorrect"]
+__all__ = ["DivEqu", "DivAnswers", "DistinctN", "SelfBLEU", "DistinctCorrect"]
 
 
 class _SumRatio(Metric):
@@ -43,9 +47,24 @@ class _SumRatio(Metric):
 
 
 class DivEqu(_SumRatio):
-    """Div-Equ ([DIV]): distinct extracted answers / extracted answers per problem, x100, averaged.
+    """Div-Equ ([DIV], Eq. 5): distinct extracted equations / extracted equations per problem (the
+    equations of its completions pooled), x100, averaged over problems.
 
-    >>> metric = DivEqu(); metric.update(torch.tensor([0, 0, 0, 1, 1]), ["1+2", "1+2", None, "3", "4"])
+    >>> metric = DivEqu(); metric.update(torch.tensor([0, 0, 1]), [("1+2=3", "3*4=12"), ("1+2=3",), None])
+    >>> metric.compute()
+    tensor(66.6667, dtype=torch.float64)
+    """
+
+    higher_is_better = True
+
+    def update(self, group_ids: Tensor, equations: list[Sequence[str] | None]) -> None:
+        self._add(*_div_equ_update(group_ids, equations))
+
+
+class DivAnswers(_SumRatio):
+    """Distinct final answers / extracted answers per problem, x100, averaged over problems.
+
+    >>> metric = DivAnswers(); metric.update(torch.tensor([0, 0, 0, 1, 1]), ["1+2", "1+2", None, "3", "4"])
     >>> metric.compute()
     tensor(75., dtype=torch.float64)
     """
@@ -53,7 +72,7 @@ class DivEqu(_SumRatio):
     higher_is_better = True
 
     def update(self, group_ids: Tensor, answers: list[str | None]) -> None:
-        self._add(*_div_equ_update(group_ids, answers))
+        self._add(*_div_answers_update(group_ids, answers))
 
 
 class DistinctN(_SumRatio):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -33,6 +34,7 @@ __all__ = [
     "mean_at_k",
     "potential_at_k",
     "div_equ",
+    "div_answers",
     "distinct_n",
     "self_bleu",
     "distinct_correct_mean",
@@ -214,12 +216,17 @@ def potential_at_k(n: Tensor, c: Tensor, greedy_correct: Tensor, ks: list[int] |
 
 
 # ---------------------------------------------------------------------------------------- diversity
-def _div_equ_update(group_ids: Tensor, answers: list[str | None]) -> tuple[Tensor, Tensor]:
-    """Sum over problems with at least one extracted answer of ``100 * distinct / extracted``, and
-    the number of such problems."""
+def _div_equ_update(group_ids: Tensor, equations: list[Sequence[str] | None]) -> tuple[Tensor, Tensor]:
+    """Sum over problems with at least one extracted equation of ``100 * distinct / extracted``
+    (every completion's equations pooled), and the number of such problems."""
     total, count = 0.0, 0
     for rows in _groups(group_ids):
-        extracted = [answers[i] for i in rows if answers[i] is not None]
+        extracted: list[str] = []
+        for i in rows:
+            if isinstance(equations[i], str):
+                raise TypeError(f"div_equ takes the equations of each completion (a tuple of strings), got the string "
+                                f"{equations[i]!r}; for one answer per completion use div_answers")
+            extracted += equations[i] or ()
         if extracted:
             total += 100.0 * len(set(extracted)) / len(extracted)
             count += 1
@@ -231,19 +238,45 @@ def _ratio(total: Tensor, count: Tensor) -> Tensor:
     return total / count if float(count) > 0 else torch.full_like(total, math.nan)
 
 
-def div_equ(group_ids: Tensor, answers: list[str | None]) -> Tensor:
-    """Div-Equ ([DIV]): distinct extracted answers / extracted answers per problem, x100, averaged.
+def div_equ(group_ids: Tensor, equations: list[Sequence[str] | None]) -> Tensor:
+    """Div-Equ ([DIV], its Eq. 5): distinct extracted equations / extracted equations per problem,
+    the equations of the problem's k completions pooled, x100, averaged over problems.
 
-        div_equ = mean_{problems with an extracted answer} 100 * |set(answers)| / |answers|
+        div_equ = mean_{problems with an extracted equation} 100 * |set(E_p)| / |E_p|,
+        E_p = the equations of every completion of problem p, concatenated
 
-    For CountDown an answer is the normal form of the equation (equal up to reordering), for
-    math the final answer. Completions without an extractable answer are left out; problems
-    with none are left out; ``nan`` when no completion has one.
+    ``equations[i]`` holds the distinct equations written in completion ``i``
+    (:attr:`~lightning_dsrl.types.RewardResult.equations`: for free text
+    :func:`~lightning_dsrl.rewards.equations.extract_equations`; for CountDown the answer, which
+    is the equation). ``None`` or ``()`` means none. Problems with none are left out; ``nan``
+    when no completion has one.
 
-    >>> div_equ(torch.tensor([0, 0, 0, 1, 1]), ["1+2", "1+2", None, "3", "4"])  # (100*1/2 + 100*2/2) / 2
+    >>> div_equ(torch.tensor([0, 0, 1, 1]), [("1+2=3", "3*4=12"), ("1+2=3", "3+9=12"), ("5-1=4",), None])
+    tensor(87.5000, dtype=torch.float64)
+
+    (problem 0: 4 equations, 3 distinct -> 75; problem 1: 1 of 1 -> 100; mean 87.5)
+    """
+    return _ratio(*_div_equ_update(group_ids, equations))
+
+
+def _div_answers_update(group_ids: Tensor, answers: list[str | None]) -> tuple[Tensor, Tensor]:
+    return _div_equ_update(group_ids, [(a,) if a is not None else None for a in answers])
+
+
+def div_answers(group_ids: Tensor, answers: list[str | None]) -> Tensor:
+    """Distinct final answers / extracted answers per problem, x100, averaged over problems: Div-Equ
+    with each completion's answer as its one "equation" (equal to Div-Equ on CountDown, where the
+    answer is the equation; on free-text math a different, coarser ratio).
+
+        div_answers = mean_{problems with an extracted answer} 100 * |set(answers)| / |answers|
+
+    Completions without an extractable answer are left out; problems with none are left out;
+    ``nan`` when no completion has one.
+
+    >>> div_answers(torch.tensor([0, 0, 0, 1, 1]), ["1+2", "1+2", None, "3", "4"])  # (100*1/2 + 100*2/2) / 2
     tensor(75., dtype=torch.float64)
     """
-    return _ratio(*_div_equ_update(group_ids, answers))
+    return _ratio(*_div_answers_update(group_ids, answers))
 
 
 def _distinct_n_update(texts: list[str], n: int) -> tuple[Tensor, Tensor]:

@@ -1,7 +1,7 @@
 """What an evaluation leaves behind: files in ``<run>/eval/`` and a table on the console.
 
     eval/metrics.json   the EvalReport plus how it was made (settings, checkpoint, step)
-    eval/samples.jsonl  one line per problem: prompt, completions, rewards, verdicts, answers, greedy
+    eval/samples.jsonl  one line per problem: prompt, completions, rewards, verdicts, answers, equations, greedy
     eval/history.jsonl  one line per evaluation (periodic validation during fit appends here)
     eval/passk.png      the pass@k curve (see :mod:`lightning_dsrl.metrics.plot`)
 
@@ -43,7 +43,7 @@ def sample_rows(rollout: RolloutBatch, greedy: RolloutBatch | None = None) -> li
                 "prompt": rollout.prompts[i] if rollout.prompts else None,
                 "reference": _jsonable(record.answer) if record is not None else None,
                 "meta": _jsonable(record.meta) if record is not None else None,
-                "completions": [], "rewards": [], "correct": [], "answers": [],
+                "completions": [], "rewards": [], "correct": [], "answers": [], "equations": [],
             }
             if g in greedy_at:
                 j = greedy_at[g]
@@ -55,6 +55,8 @@ def sample_rows(rollout: RolloutBatch, greedy: RolloutBatch | None = None) -> li
         row["rewards"].append(round(float(rollout.rewards[i]), 6))
         row["correct"].append(bool(rollout.correct[i]))
         row["answers"].append(rollout.answers[i] if rollout.answers else None)
+        equations = rollout.equations[i] if rollout.equations else None
+        row["equations"].append(list(equations) if equations is not None else None)
     return [rows[g] for g in sorted(rows)]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lightning_dsrl.metrics.diversity import DistinctCorrect, DistinctN, DivEqu, SelfBLEU
+from lightning_dsrl.metrics.diversity import DistinctCorrect, DistinctN, DivAnswers, DivEqu, SelfBLEU
 from lightning_dsrl.metrics.entropy import TokenEntropy
 from lightning_dsrl.metrics.functional import group_counts
 from lightning_dsrl.metrics.passk import MeanAtK, PassAtK, PotentialAtK
@@ -25,7 +25,8 @@ from lightning_dsrl.types import RolloutBatch
 __all__ = ["RolloutMetrics", "EvalReport"]
 
 _WHY_UNDEFINED = {
-    "div_equ": "no completion had an extractable answer",
+    "div_equ": "no completion wrote an equation (or no reward extracts them: RewardResult.equations)",
+    "div_answers": "no completion had an extractable answer",
     "self_bleu": "no problem had 2 or more non-empty completions",
     "distinct_correct": "no problem",
     "entropy": "no completion token",
@@ -92,6 +93,7 @@ class RolloutMetrics(nn.Module):
         self.meank = MeanAtK()
         self.potential = PotentialAtK()
         self.div_equ = DivEqu()
+        self.div_answers = DivAnswers()
         self.distinct = nn.ModuleDict({f"distinct_{n}": DistinctN(n) for n in distinct_ns})
         self.self_bleu = SelfBLEU(n_gram=bleu_n_gram) if self_bleu else None
         self.distinct_correct = DistinctCorrect()
@@ -104,12 +106,14 @@ class RolloutMetrics(nn.Module):
         completion for each group, in sorted group-label order (``None``: no Potential@k)."""
         n, c = group_counts(rollout.group_ids, rollout.correct)
         answers = rollout.answers or [None] * rollout.num_samples
+        equations = rollout.equations or [None] * rollout.num_samples
         texts = rollout.completions or [""] * rollout.num_samples
         self.passk.update(n, c)
         self.meank.update(n, c)
         if greedy_correct is not None:
             self.potential.update(n, c, greedy_correct)
-        self.div_equ.update(rollout.group_ids, answers)
+        self.div_equ.update(rollout.group_ids, equations)
+        self.div_answers.update(rollout.group_ids, answers)
         for metric in self.distinct.values():
             metric.update(texts)
         if self.self_bleu is not None:
@@ -144,6 +148,7 @@ class RolloutMetrics(nn.Module):
             if failed == 0:
                 report.notes["potential@k"] = _WHY_UNDEFINED["potential@k"]
         values["div_equ"] = self.div_equ.compute()
+        values["div_answers"] = self.div_answers.compute()
         for name, metric in self.distinct.items():
             values[name] = metric.compute()
         if self.self_bleu is not None:

@@ -6,15 +6,16 @@ reward do not. The rollout callback scores every completion with a :class:`Compo
 
     reward_i  = sum_k weight_k * reward_k(i)
     correct_i = AND of the verdicts of the verifier rewards
+    answer_i  = the first extracted answer that is not None, rewards in order (likewise equations_i)
 
 Subclasses register themselves under their ``name`` when their module is imported, so a
 reward written in a user's own file is found by ``class_path`` like the built-ins.
 
 Isolation: the composite calls each reward under a time budget (``timeout_s``, see ``guard.py``
 for what it can and cannot interrupt). A call that raises, runs past the budget, or returns
-something other than a ``RewardResult`` with a finite reward scores 0 with ``correct = False``
-for that reward; it is counted (``errors``, ``timeouts``) and logged once per reward and kind
-with the offending sample, and the run goes on.
+something other than a ``RewardResult`` with a finite reward (and ``equations``, if any, a tuple
+of strings) scores 0 with ``correct = False`` for that reward; it is counted (``errors``,
+``timeouts``) and logged once per reward and kind with the offending sample, and the run goes on.
 """
 
 from __future__ import annotations
@@ -72,13 +73,15 @@ def get_reward_class(name: str) -> type[RewardModule]:
 
 
 class ScoredBatch:
-    """Scores of ``N`` completions: totals, verdicts, extracted answers and each part's rewards."""
+    """Scores of ``N`` completions: totals, verdicts, extracted answers and equations, and each part's rewards."""
 
     def __init__(self, rewards: torch.Tensor, correct: torch.Tensor, answers: list[str | None],
-                 parts: dict[str, torch.Tensor], errors: int, timeouts: int = 0) -> None:
+                 parts: dict[str, torch.Tensor], errors: int, timeouts: int = 0,
+                 equations: list[tuple[str, ...] | None] | None = None) -> None:
         self.rewards = rewards  # [N] float32 weighted total
         self.correct = correct  # [N] bool
         self.answers = answers  # [N]
+        self.equations = equations if equations is not None else [None] * len(answers)  # [N]
         self.parts = parts  # name -> [N] unweighted
         self.errors = errors  # number of reward calls that raised or returned an invalid result
         self.timeouts = timeouts  # number of reward calls that ran past the time budget
@@ -139,6 +142,10 @@ class CompositeReward(RewardModule):
             value = math.nan
         if not math.isfinite(value):
             return self._failed(name, "error", f"returned the reward {result.reward!r}", record, completion)
+        equations = result.equations
+        if equations is not None and not (isinstance(equations, (tuple, list)) and all(isinstance(e, str) for e in equations)):
+            return self._failed(name, "error", f"returned equations={equations!r}, not a tuple of strings", record,
+                                completion)
         return result, None
 
     def _failed(self, name: str, kind: str, what: str, record: PromptRecord,
@@ -153,7 +160,7 @@ class CompositeReward(RewardModule):
     def score(self, record: PromptRecord, completion: str) -> RewardResult:
         batch = self.score_batch([record], [completion])
         return RewardResult(float(batch.rewards[0]), bool(batch.correct[0]), batch.answers[0],
-                            {k: float(v[0]) for k, v in batch.parts.items()})
+                            {k: float(v[0]) for k, v in batch.parts.items()}, batch.equations[0])
 
     def score_batch(self, records: list[PromptRecord], completions: list[str]) -> ScoredBatch:
         n = len(completions)
@@ -161,6 +168,7 @@ class CompositeReward(RewardModule):
         # with no verifier among the rewards nothing can be correct (warned at construction)
         correct = torch.full((n,), any(r.is_verifier for r in self.rewards), dtype=torch.bool)
         answers: list[str | None] = [None] * n
+        equations: list[tuple[str, ...] | None] = [None] * n
         parts = {name: torch.zeros(n) for name in self.names}
         failures = {"error": 0, "timeout": 0}
         for name, reward in zip(self.names, self.rewards):
@@ -174,7 +182,9 @@ class CompositeReward(RewardModule):
                     correct[i] &= bool(result.correct)
                 if answers[i] is None and result.answer is not None:
                     answers[i] = result.answer
-        return ScoredBatch(totals, correct, answers, parts, failures["error"], failures["timeout"])
+                if equations[i] is None and result.equations is not None:
+                    equations[i] = tuple(result.equations)
+        return ScoredBatch(totals, correct, answers, parts, failures["error"], failures["timeout"], equations)
 
 
 def _part_name(reward: RewardModule) -> str:

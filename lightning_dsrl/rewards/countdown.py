@@ -158,7 +158,8 @@ def normalize_expression(tree_or_text: ast.expr | str) -> str | None:
 
 class CountdownReward(RewardModule):
     """1.0 for a correct CountDown answer, 0.0 otherwise; ``correct`` is the verdict and
-    ``answer`` the normal form of any well-formed expression (right or wrong).
+    ``answer`` the normal form of any well-formed expression (right or wrong). The completion's
+    equation (for Div-Equ) is that answer: on CountDown the answer is the equation.
 
     Reads ``record.meta["numbers"]`` and ``record.meta["target"]``.
     """
@@ -171,6 +172,6 @@ class CountdownReward(RewardModule):
         text = extract_answer(completion)
         tree = parse_expression(text) if text is not None else None
         if tree is None:
-            return RewardResult(0.0, correct=False, answer=None)
-        correct = _verify(tree, numbers, target)
-        return RewardResult(1.0 if correct else 0.0, correct=correct, answer=_canon(tree)[0])
+            return RewardResult(0.0, correct=False, answer=None, equations=())
+        correct, answer = _verify(tree, numbers, target), _canon(tree)[0]
+        return RewardResult(1.0 if correct else 0.0, correct=correct, answer=answer, equations=(answer,))

@@ -2,8 +2,9 @@
 
 Run as ``python -c <this file's source>`` (never imported by the package): it writes ``ready``
 once its imports are done, then reads one JSON
-request per line on stdin, ``{"gold": "...", "pred": "..."}`` (LaTeX strings, the contents of a
-``\\boxed{}``), and writes one JSON line back, ``{"correct": bool, "answer": str | null}``.
+request per line on stdin, ``{"id": int, "gold": "...", "pred": "..."}`` (LaTeX strings, the
+contents of a ``\\boxed{}``), and writes one JSON line back, ``{"id": int, "correct": bool,
+"answer": str | null}``, with the request's id (the parent discards replies to calls it gave up on).
 
 A separate process, because sympy can spend unbounded time on an expression such as
 ``9^{9^{9^{9}}}``, in C code that no signal interrupts: the parent waits at most its timeout for
@@ -52,7 +53,7 @@ def _serve() -> None:
         pred = parsed(request["pred"])
         correct = bool(gold and pred and verify(gold, pred, timeout_seconds=None))
         answer = normal_form(pred[0]) if pred and not isinstance(pred[0], str) else None
-        sys.stdout.write(json.dumps({"correct": correct, "answer": answer}) + "\n")
+        sys.stdout.write(json.dumps({"id": request.get("id"), "correct": correct, "answer": answer}) + "\n")
         sys.stdout.flush()
 
 

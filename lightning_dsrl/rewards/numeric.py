@@ -7,6 +7,7 @@ from fractions import Fraction
 
 from lightning_dsrl.rewards.base import RewardModule
 from lightning_dsrl.rewards.countdown import extract_answer
+from lightning_dsrl.rewards.equations import extract_equations
 from lightning_dsrl.types import PromptRecord, RewardResult
 
 __all__ = ["NumericAnswerReward", "parse_number"]
@@ -29,15 +30,17 @@ def parse_number(text: str) -> Fraction | None:
 
 
 class NumericAnswerReward(RewardModule):
-    """1.0 when the answer equals ``record.answer`` as a number, else 0.0 (a verifier)."""
+    """1.0 when the answer equals ``record.answer`` as a number, else 0.0 (a verifier). Its
+    ``equations`` are those the completion writes (:func:`~lightning_dsrl.rewards.equations.extract_equations`)."""
 
     name = "numeric"
     is_verifier = True
 
     def score(self, record: PromptRecord, completion: str) -> RewardResult:
+        equations = extract_equations(completion)
         text = extract_answer(completion)
         value = parse_number(text) if text is not None else None
         if value is None:
-            return RewardResult(0.0, correct=False)
+            return RewardResult(0.0, correct=False, equations=equations)
         correct = value == parse_number(str(record.answer))
-        return RewardResult(1.0 if correct else 0.0, correct=correct, answer=str(value))
+        return RewardResult(1.0 if correct else 0.0, correct=correct, answer=str(value), equations=equations)

@@ -378,6 +378,7 @@ class RolloutCallback(Callback):
             prompts=[r.prompt for r in sample_records],
             completions=texts,
             answers=scored.answers,
+            equations=scored.equations,
             records=sample_records,
         )
         if log_prefix is not None:
