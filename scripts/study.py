@@ -52,7 +52,7 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SCALARS = ("greedy_accuracy", "distinct_correct", "div_equ", "entropy", "entropy_correct", "distinct_2")
+SCALARS = ("greedy_accuracy", "distinct_correct", "div_equ", "div_answers", "entropy", "entropy_correct", "distinct_2")
 
 
 @dataclass

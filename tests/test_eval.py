@@ -171,3 +171,15 @@ def test_compare_runs_writes_one_table_and_one_plot(tmp_path, capsys):
     assert_valid_png(tmp_path / "cmp.png")
     with pytest.raises(SystemExit, match="no eval/metrics.json under"):
         compare.main([str(tmp_path / "missing")])
+
+
+def test_the_curve_title_names_every_sampling_truncation():
+    from types import SimpleNamespace
+
+    from lightning_dsrl.metrics.report import passk_title
+
+    report = SimpleNamespace(num_problems=200, samples_per_problem=16)
+    title = passk_title(report, {"temperature": 0.9, "top_p": 0.95, "top_k": 20})
+    assert title == "pass@k (200 problems, 16 samples each, T=0.9, top_p=0.95, top_k=20)"
+    assert passk_title(report, {"temperature": 1.0, "top_p": 1.0, "top_k": 0}) == \
+        "pass@k (200 problems, 16 samples each, T=1)"

@@ -66,6 +66,8 @@ def passk_title(report: EvalReport, settings: dict[str, Any]) -> str:
         parts.append(f"T={settings['temperature']:g}")
     if settings.get("top_p") is not None and settings["top_p"] != 1.0:
         parts.append(f"top_p={settings['top_p']:g}")
+    if settings.get("top_k"):
+        parts.append(f"top_k={settings['top_k']}")
     return f"pass@k ({', '.join(parts)})"
 
 
