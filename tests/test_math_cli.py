@@ -75,6 +75,7 @@ def test_full_checkpoint_into_a_lora_config_is_refused(tmp_path, tiny_model_dir,
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("smollm2")  # skipped, or failed in CI, when SmolLM2 is not fetched
 def test_math_lora_config_fits_two_steps_on_smollm2_offline(tmp_path):
     cli_main([
         "fit", "--config", CONFIG,
