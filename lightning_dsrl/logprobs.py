@@ -37,6 +37,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from lightning_dsrl import sharding
+from lightning_dsrl.models import cache_kwargs
 from lightning_dsrl.types import RolloutBatch
 
 __all__ = ["completion_logits"]
@@ -60,15 +61,14 @@ def _shared_prefix(model, batch: RolloutBatch, length: int, first: Tensor, inver
     prefix_mask = prompt_mask[:, :-1]  # [U, P-1]
     cache = DynamicCache()
     model(input_ids=prompt_ids[:, :-1], attention_mask=prefix_mask,
-          position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache, use_cache=True,
-          logits_to_keep=1)
+          position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0), **cache_kwargs(model, cache), logits_to_keep=1)
     cache.reorder_cache(inverse)  # [U, ...] -> [n, ...], one copy per completion (autograd-safe)
     inputs = torch.cat([batch.prompt_ids[:, -1:], batch.completion_ids[:, :-1]], dim=1)  # [n, L]
     attention = torch.cat([batch.prompt_mask, batch.completion_mask[:, :-1]], dim=1).long()  # [n, P-1+L]
     start = batch.prompt_mask.sum(-1, keepdim=True) - 1  # position of the last prompt token
     positions = start + torch.arange(length, device=inputs.device)  # [n, L]
-    out = model(input_ids=inputs, attention_mask=attention, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=length)
+    out = model(input_ids=inputs, attention_mask=attention, position_ids=positions, **cache_kwargs(model, cache),
+                logits_to_keep=length)
     return out.logits[:, -length:]
 
 

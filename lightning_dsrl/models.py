@@ -25,12 +25,15 @@ a run checkpoint back into one full model folder (``scripts/export_merged.py``),
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
+import inspect
 import logging
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +45,7 @@ from lightning_dsrl.errors import ConfigError
 
 __all__ = ["ModelSpec", "LoraSpec", "DEFAULT_MODEL", "resolve_model_path", "load_tokenizer", "load_model",
            "apply_lora", "merged_weights", "export_merged", "cache_root",
-           "PackagedModel", "PACKAGED", "fetched_dir"]
+           "PackagedModel", "PACKAGED", "fetched_dir", "cache_kwargs"]
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +268,33 @@ def load_model(spec: ModelSpec) -> PreTrainedModel:
     return model
 
 
+def cache_kwargs(model: torch.nn.Module, cache) -> dict:
+    """The forward keywords that make ``model`` read and extend the KV cache ``cache``.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns until 5.40 drops
+    it); earlier versions and remote code know only the old name. Wrappers (peft, FSDP1) pass
+    keywords through, so the model inside them decides.
+    """
+    inner = model
+    while True:
+        if hasattr(inner, "get_base_model"):
+            nested = inner.get_base_model()
+        elif isinstance(getattr(inner, "module", None), torch.nn.Module):
+            nested = inner.module
+        else:
+            break
+        if nested is inner:
+            break
+        inner = nested
+    keyword = "cache" if _forward_takes_cache(type(inner)) else "past_key_values"
+    return {keyword: cache, "use_cache": True}
+
+
+@functools.cache
+def _forward_takes_cache(cls: type) -> bool:
+    return "cache" in inspect.signature(cls.forward).parameters
+
+
 # ---------------------------------------------------------------------------- LoRA
 def _adaptable_layers(model: torch.nn.Module) -> dict[str, str]:
     """Full name -> class name of every layer LoRA can adapt (linear, embedding, GPT-2's Conv1D)."""
@@ -309,7 +339,10 @@ def apply_lora(model: PreTrainedModel, spec: LoraSpec):
     targets = spec.target_modules if isinstance(spec.target_modules, str) else list(spec.target_modules)
     config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
                         bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft (0.21) reads transformers' deprecated model.is_gradient_checkpointing; the call is peft's, not ours
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 _LORA_PART = re.compile(r"(?P<layer>.+)\.(?P<part>base_layer|lora_A|lora_B|lora_embedding_A|lora_embedding_B)\."

@@ -29,7 +29,7 @@ from transformers import (
 
 from lightning_dsrl import sharding
 from lightning_dsrl.errors import ConfigError
-from lightning_dsrl.models import load_model, merged_weights
+from lightning_dsrl.models import cache_kwargs, load_model, merged_weights
 from lightning_dsrl.rollout.engine import Generation, RolloutEngine, SamplingParams
 from lightning_dsrl.rollout.padding import pad_left
 
@@ -151,7 +151,7 @@ class HFEngine(RolloutEngine):
             input_ids, attention = input_ids.repeat_interleave(copies, 0), attention.repeat_interleave(copies, 0)
         mask = attention[:, :-1]
         model(input_ids=input_ids[:, :-1], attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-              past_key_values=cache, use_cache=True, logits_to_keep=1)
+              **cache_kwargs(model, cache), logits_to_keep=1)
         if self.share_prompt_prefix:
             cache.reorder_cache(torch.arange(len(copies), device=input_ids.device).repeat_interleave(copies))
         return cache
@@ -196,6 +196,7 @@ class HFEngine(RolloutEngine):
         warpers = self._warpers(params)
         tail = max((len(s) for s in params.stop), default=0) + 1  # tokens enough to end with any stop string
         cache = self._prefill(model, input_ids, attention, copies)
+        with_cache = cache_kwargs(model, cache)
         mask = attention.repeat_interleave(copies, 0)  # grows by one column per step
         position = mask.sum(-1) - 1  # of the token fed next: the last prompt token first
         feed = input_ids[:, -1].repeat_interleave(copies)
@@ -206,7 +207,7 @@ class HFEngine(RolloutEngine):
         finished = [False] * rows
         for step in range(params.max_new_tokens):
             logits = model(input_ids=feed[:, None], attention_mask=mask, position_ids=position[:, None],
-                           past_key_values=cache, use_cache=True).logits[:, -1].float()
+                           **with_cache).logits[:, -1].float()
             if params.greedy:
                 feed = logits.argmax(-1)
             else:
