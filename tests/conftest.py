@@ -8,6 +8,7 @@ sees (through a link, read-only by convention) the models fetched into the user'
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -17,6 +18,8 @@ from lightning_dsrl.models import cache_root
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# datasets reads its cache location when imported: point it away from ~/.cache before any test imports it
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="dsrl-test-datasets-"))
 
 USER_CACHE = cache_root()  # read before _isolated_cache points LIGHTNING_DSRL_CACHE elsewhere
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
