@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor, nn
 
 from lightning_dsrl.errors import ConfigError
@@ -49,13 +50,7 @@ __all__ = [
     "wrap_fsdp1",
 ]
 
-try:  # the strategy class is what YAML names: ``trainer.strategy.class_path: FSDP2Strategy``
-    from lightning.pytorch.strategies import ModelParallelStrategy
-except ImportError:  # pragma: no cover - Lightning < 2.4
-    ModelParallelStrategy = object  # type: ignore[assignment,misc]
-
-
-class FSDP2Strategy(ModelParallelStrategy):  # type: ignore[misc,valid-type]
+class FSDP2Strategy(ModelParallelStrategy):
     """Lightning's ``ModelParallelStrategy`` as plain FSDP2 data parallelism: one mesh dimension
     holding every process (``data_parallel_size`` = world size, ``tensor_parallel_size`` = 1).
 
@@ -252,7 +247,7 @@ def _register() -> None:
     """``--trainer.strategy fsdp2`` as a short name, beside Lightning's ``ddp`` and ``fsdp``."""
     from lightning.pytorch.strategies import StrategyRegistry
 
-    if ModelParallelStrategy is not object and "fsdp2" not in StrategyRegistry:
+    if "fsdp2" not in StrategyRegistry:
         StrategyRegistry.register("fsdp2", FSDP2Strategy, description="FSDP2 data parallelism (lightning_dsrl)")
 
 
