@@ -173,6 +173,7 @@ class RLModule(LightningModule):
         self.train_metrics = RolloutMetrics(self_bleu=train_self_bleu)
         self.val_metrics = RolloutMetrics(bootstrap=val_bootstrap, confidence=val_confidence)
         self._val_rows: list[dict[str, Any]] = []
+        self._val_sums: dict[str, float] = defaultdict(float)  # this rank's reward and correct sums, sample count
         self._nonfinite_in_a_row = 0
         self._skipped_steps = 0
         self._zero_signal_steps = 0
@@ -566,32 +567,42 @@ class RLModule(LightningModule):
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
         rollout = self._rollout_of(batch)
         greedy = getattr(batch, "greedy", None)
+        entropy = self.sample_entropy(rollout)  # of every row: with a sharded policy each rank runs the same passes
+        if batch.counted is not None and not all(batch.counted):  # drop the problems this rank only repeats
+            counted = torch.tensor(batch.counted, device=rollout.group_ids.device)
+            keep = counted[rollout.group_ids]  # [N]
+            rollout, entropy = rollout.select(keep), entropy[keep]
+            greedy = greedy.select(counted[greedy.group_ids]) if greedy is not None else None
         # one greedy completion per group, put in the sorted group order the metrics use
         greedy_correct = greedy.correct[torch.argsort(greedy.group_ids)] if greedy is not None else None
-        self.val_metrics.update(rollout, entropy=self.sample_entropy(rollout), greedy_correct=greedy_correct)
+        self.val_metrics.update(rollout, entropy=entropy, greedy_correct=greedy_correct)
         self._val_rows.extend(sample_rows(rollout, greedy))
-        kw = {"on_step": False, "on_epoch": True, "batch_size": rollout.num_samples}
-        self.log("val/reward_mean", rollout.rewards.mean(), **kw)
-        self.log("val/correct_rate", rollout.correct.float().mean(), **kw)
+        self._val_sums["reward"] += float(rollout.rewards.sum())
+        self._val_sums["correct"] += float(rollout.correct.sum())
+        self._val_sums["samples"] += rollout.num_samples
 
     def on_validation_epoch_end(self) -> None:
         report = self.val_metrics.compute()  # synced across processes
         self.val_metrics.reset()
         rows = self._gather_rows()
-        for name, value in report.scalars().items():
-            self.log(f"val/{name}", value, prog_bar=name == "pass@1")
+        sums, self._val_sums = sharding.sum_over_ranks(self._val_sums, self.device), defaultdict(float)
+        values = {f"val/{name}": value for name, value in report.scalars().items()}
+        if sums.get("samples"):  # over every rank's problems, each once: the same value on every rank
+            values["val/reward_mean"] = sums["reward"] / sums["samples"]
+            values["val/correct_rate"] = sums["correct"] / sums["samples"]
+        for name, value in values.items():  # equal on every rank; sync_dist only spares Lightning's warning
+            self.log(name, value, prog_bar=name == "val/pass@1", sync_dist=True)
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # log_dir is a broadcast: every rank
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
-        self._write_eval(report, rows)
+        self._write_eval(report, rows, run_dir)
 
     def _gather_rows(self) -> list[dict[str, Any]]:
-        """The sample rows of every process, in rank order (texts travel as Python objects)."""
+        """The sample rows of every process in the order of the problems: rank ``r``'s ``j``-th problem is
+        problem ``r + j * world_size`` of the set (``EvalSampler``). Texts travel as Python objects."""
         rows, self._val_rows = self._val_rows, []
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
-            gathered: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, rows)
-            rows = [row for part in gathered for row in part]
-        return rows
+        parts = sharding.all_gather_objects(rows)
+        return [part[j] for j in range(max(map(len, parts))) for part in parts if j < len(part)]
 
     def _eval_settings(self) -> dict[str, Any]:
         from lightning_dsrl.rollout.callback import RolloutCallback
@@ -612,10 +623,9 @@ class RLModule(LightningModule):
             "bootstrap": self.val_metrics.passk.bootstrap,
         }
 
-    def _write_eval(self, report: EvalReport, rows: list[dict[str, Any]]) -> None:
+    def _write_eval(self, report: EvalReport, rows: list[dict[str, Any]], run_dir: Path) -> None:
         """``eval/`` files in the run directory, the curve as a TensorBoard image, and (in
         ``validate``/``test``) the table on the console."""
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         label = f"{run_dir.parent.name}/{run_dir.name}"
         paths, figure = write_eval(run_dir / "eval", report, rows, self._eval_settings(), label=label)
         if isinstance(self.logger, TensorBoardLogger):

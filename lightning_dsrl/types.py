@@ -43,6 +43,9 @@ class PromptBatch:
     records: list[PromptRecord]
     rollout: RolloutBatch | None = None
     greedy: RolloutBatch | None = None  # validation: one greedy completion per prompt (for Potential@k)
+    # [B] validation: False for a problem a rank repeats only to match the other ranks' batches (generated,
+    # since a sharded forward is a collective, but left out of the metrics); None: every record counts
+    counted: list[bool] | None = None
 
     def __len__(self) -> int:
         return len(self.records)

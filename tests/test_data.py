@@ -73,3 +73,20 @@ def test_datamodule_batches_and_empty_splits():
         empty.val_dataloader()
     with pytest.raises(ConfigError, match="batch_size"):
         PromptDataModule(small_countdown(), batch_size=0)
+
+
+def test_validation_shards_count_every_problem_once():
+    """10 problems over 3 ranks: shares of 4 (equal batches on every rank, as a sharded model needs), the
+    2 pads marked as not counted, and the counted problems of all ranks are the set, each once."""
+    from types import SimpleNamespace
+
+    dm = PromptDataModule(small_countdown(), batch_size=4, val_batch_size=3)
+    counted = []
+    for rank in range(3):
+        dm.trainer = SimpleNamespace(strategy=SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 3,
+                                                                                          "rank": rank}))
+        batches = list(dm.val_dataloader())
+        assert [len(b) for b in batches] == [3, 1]
+        counted += [r.uid for b in batches for r, c in zip(b.records, b.counted) if c]
+        assert sum(not c for b in batches for c in b.counted) == (0 if rank == 0 else 1)
+    assert sorted(counted) == list(range(10))

@@ -5,20 +5,23 @@ permutation per epoch, sharded across ranks (each rank draws ``batch_size`` prom
 a step trains on ``batch_size x world size`` prompts), and resumable mid-epoch. A batch is a
 :class:`PromptBatch` of ``batch_size`` records; the rollout callback turns each record into a
 group of completions.
+
+Validation prompts come in order through :class:`~lightning_dsrl.data.sampler.EvalSampler`, sharded
+across ranks; a rank whose share is one short repeats a problem, marked as not counted
+(``PromptBatch.counted``), so every held-out problem is counted exactly once.
 """
 
 from __future__ import annotations
 
-import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_dsrl.data.base import Task
-from lightning_dsrl.data.sampler import PromptLoader, PromptSampler
+from lightning_dsrl.data.sampler import EvalSampler, PromptLoader, PromptSampler
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.types import PromptBatch, PromptRecord
 
-__all__ = ["PromptDataModule", "PromptDataset", "collate_prompts"]
+__all__ = ["EvalDataset", "PromptDataModule", "PromptDataset", "collate_eval", "collate_prompts"]
 
 
 class PromptDataset(Dataset):
@@ -32,8 +35,20 @@ class PromptDataset(Dataset):
         return self.records[index]
 
 
+class EvalDataset(PromptDataset):
+    """Validation records with whether each counts: position ``len + i`` (an :class:`EvalSampler` pad)
+    is record ``i`` again, not counted."""
+
+    def __getitem__(self, index: int) -> tuple[PromptRecord, bool]:
+        return self.records[index % len(self.records)], index < len(self.records)
+
+
 def collate_prompts(records: list[PromptRecord]) -> PromptBatch:
     return PromptBatch(records=list(records))
+
+
+def collate_eval(items: list[tuple[PromptRecord, bool]]) -> PromptBatch:
+    return PromptBatch(records=[record for record, _ in items], counted=[counted for _, counted in items])
 
 
 class PromptDataModule(LightningDataModule):
@@ -81,28 +96,25 @@ class PromptDataModule(LightningDataModule):
                               "or point it at a dataset with rows")
         return records
 
-    def _loader(self, records: list[PromptRecord], batch_size: int, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            PromptDataset(records),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            collate_fn=collate_prompts,
-            num_workers=self.num_workers,
-        )
+    def _shard(self) -> tuple[int, int]:
+        """``(num_replicas, rank)`` of this process's share of the data (``(1, 0)`` on one device)."""
+        strategy = self.trainer.strategy if self.trainer is not None else None
+        shard = getattr(strategy, "distributed_sampler_kwargs", None) or {}  # None on one device
+        return shard.get("num_replicas", 1), shard.get("rank", 0)
 
     def train_dataloader(self) -> DataLoader:
         dataset = PromptDataset(self._records("train"))
-        strategy = self.trainer.strategy if self.trainer is not None else None
-        shard = getattr(strategy, "distributed_sampler_kwargs", None) or {}  # None on one device
-        sampler = PromptSampler(dataset, num_replicas=shard.get("num_replicas", 1), rank=shard.get("rank", 0),
-                                shuffle=self.shuffle, seed=self.seed)
+        replicas, rank = self._shard()
+        sampler = PromptSampler(dataset, num_replicas=replicas, rank=rank, shuffle=self.shuffle, seed=self.seed)
         return PromptLoader(dataset, sampler, self.batch_size, seed=self.seed, collate_fn=collate_prompts,
                             num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._records("val"), self.val_batch_size, False)
+        # a DistributedSampler of our own, so Lightning does not put in one that repeats problems unmarked
+        dataset = EvalDataset(self._records("val"))
+        replicas, rank = self._shard()
+        return DataLoader(dataset, batch_size=self.val_batch_size, sampler=EvalSampler(dataset, replicas, rank),
+                          collate_fn=collate_eval, num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -11,6 +11,9 @@ restores the epoch itself), so ``fit --ckpt_path`` continues with the next unsee
 same permutation, not from the start of the epoch. Its own ``generator`` also keeps the
 ``DataLoader`` from drawing its worker base seed from torch's global generator, whose state the
 resume restores and must not be shifted by when iterators happen to be created.
+
+``EvalSampler`` shards the validation problems the same way, in order, and says which of a rank's
+problems are repeats that only even out the shares, so that every problem is counted once.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-__all__ = ["PromptLoader", "PromptSampler"]
+__all__ = ["EvalSampler", "PromptLoader", "PromptSampler"]
 
 
 class PromptSampler(DistributedSampler):
@@ -62,3 +65,17 @@ class PromptLoader(DataLoader):
     def load_state_dict(self, state: dict[str, int]) -> None:
         seen = int(state["batches_seen"])
         self._resume_at = seen if seen < len(self) else 0  # a finished epoch resumes with a fresh one
+
+
+class EvalSampler(DistributedSampler):
+    """Validation problems in order, sharded: rank ``r`` of ``W`` takes positions ``r, r + W, ...`` of the
+    list padded to a multiple of ``W``, so every rank runs as many batches of the same sizes (with a sharded
+    policy each generation step is a collective). Unlike ``DistributedSampler``, it yields the padded
+    positions themselves (``>= len(dataset)``) instead of the indices they repeat, so the dataset can mark
+    them as repeats: generated, but left out of every metric (see ``PromptDataModule.val_dataloader``)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
