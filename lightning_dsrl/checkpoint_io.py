@@ -10,7 +10,8 @@ The CLI sets it as the trainer's checkpoint plugin unless the config names anoth
   are left to Lightning's own writer.
 - Load: ``torch.load(weights_only=True)``, whatever ``--weights_only`` says: a checkpoint of this
   framework holds tensors and plain values only, and unpickling arbitrary objects from a file
-  would run whatever code its author put there.
+  would run whatever code its author put there. ``FSDP2Strategy``, which loads without a
+  ``CheckpointIO``, reads through :func:`tensors_only` as well.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -27,7 +29,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_dsrl.errors import ConfigError
 
-__all__ = ["SafeCheckpointIO", "atomic_torch_save"]
+__all__ = ["SafeCheckpointIO", "atomic_torch_save", "refuse_weights_only_false", "tensors_only"]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -54,6 +56,27 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             os.close(fd)
 
 
+def refuse_weights_only_false(weights_only: bool | None) -> None:
+    if weights_only is False:
+        raise ConfigError("weights_only=false: lightning_dsrl loads checkpoints with weights_only=True only, "
+                          "since unpickling arbitrary objects runs code from the file; drop --weights_only "
+                          "(its checkpoints hold tensors and plain values)")
+
+
+@contextmanager
+def tensors_only(path: _PATH) -> Iterator[None]:
+    """Around a ``weights_only=True`` load of ``path``: a file holding pickled objects becomes one
+    ``ConfigError`` naming what it references."""
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(err))
+        what = f" (it references {found.group(1)})" if found else ""
+        raise ConfigError(f"ckpt_path={str(path)!r}: the file holds pickled Python objects besides tensors{what}, "
+                          "which lightning_dsrl does not load because unpickling can run code from the file; use "
+                          "a checkpoint written by lightning_dsrl") from err
+
+
 class SafeCheckpointIO(TorchCheckpointIO):
     """Atomic local saves and ``weights_only=True`` loads (see the module docstring)."""
 
@@ -66,15 +89,6 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: _PATH, map_location: Callable | None = lambda storage, loc: storage,
                         weights_only: bool | None = None) -> dict[str, Any]:
-        if weights_only is False:
-            raise ConfigError("weights_only=false: lightning_dsrl loads checkpoints with weights_only=True only, "
-                              "since unpickling arbitrary objects runs code from the file; drop --weights_only "
-                              "(its checkpoints hold tensors and plain values)")
-        try:
+        refuse_weights_only_false(weights_only)
+        with tensors_only(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as err:
-            found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(err))
-            what = f" (it references {found.group(1)})" if found else ""
-            raise ConfigError(f"ckpt_path={str(path)!r}: the file holds pickled Python objects besides tensors{what}, "
-                              "which lightning_dsrl does not load because unpickling can run code from the file; use "
-                              "a checkpoint written by lightning_dsrl") from err

@@ -248,6 +248,11 @@ class RLModule(LightningModule):
         checkpoint["resume_state"] = module_state(self)  # RNG states of every rank, counters (exact resume)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_checkpoint(checkpoint)
+        restore_module_state(self, checkpoint.get("resume_state"))
+
+    def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """``ConfigError`` for a checkpoint of another model (FSDP2Strategy calls it before it loads the weights)."""
         # loading is not strict (the reference, and with LoRA the base weights, are absent), so a
         # LoRA checkpoint into a full model or the reverse would load nothing: refuse it instead
         if "model_spec" in checkpoint and (checkpoint.get("lora") is None) != (self.lora is None):
@@ -256,7 +261,6 @@ class RLModule(LightningModule):
                               f"{'set' if self.lora is not None else 'null'}; use the run's own config "
                               "(its config.yaml) with --ckpt_path")
         check_shapes(self, checkpoint.get("state_dict", {}))
-        restore_module_state(self, checkpoint.get("resume_state"))
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

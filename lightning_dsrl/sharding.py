@@ -25,12 +25,15 @@ loss is multiplied by zero.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor, nn
 
+from lightning_dsrl.checkpoint_io import refuse_weights_only_false, tensors_only
 from lightning_dsrl.errors import ConfigError
 
 __all__ = [
@@ -78,6 +81,40 @@ class FSDP2Strategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's loader, after the checks a checkpoint gets on one device. Lightning writes the weights
+        straight into the shards, before ``RLModule.on_load_checkpoint`` runs, and without the trainer's
+        ``CheckpointIO``; so the file is first read here with ``weights_only=True`` (a file holding
+        pickled objects is refused, see :mod:`lightning_dsrl.checkpoint_io`) and given to the module's
+        ``check_checkpoint``, which refuses a checkpoint of another model shape naming both shapes. Every
+        rank reads the same file, so every rank raises alike."""
+        refuse_weights_only_false(weights_only)
+        path = Path(self.broadcast(checkpoint_path))
+        checkpoint = _read_checkpoint(path)
+        check = getattr(self.lightning_module, "check_checkpoint", None)
+        if checkpoint is not None and check is not None:
+            check(checkpoint)
+        return super().load_checkpoint(path, weights_only=True)
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A checkpoint's contents for checking, tensors only: a full checkpoint file memory-mapped, or a
+    sharded one's metadata with its weights as meta tensors of their global shapes (``None``: neither;
+    Lightning's loader names the problem)."""
+    if not path.is_file() and not (path / _METADATA_FILENAME).is_file():
+        return None
+    if path.is_file():
+        with tensors_only(path):
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    from torch.distributed.checkpoint import FileSystemReader
+
+    with tensors_only(path / _METADATA_FILENAME):
+        checkpoint = torch.load(path / _METADATA_FILENAME, map_location="cpu", weights_only=True)
+    stored = FileSystemReader(path).read_metadata().state_dict_metadata
+    checkpoint["state_dict"] = {key.removeprefix("state_dict."): torch.empty(tuple(meta.size), device="meta")
+                                for key, meta in stored.items() if key.startswith("state_dict.") and hasattr(meta, "size")}
+    return checkpoint
 
 
 # ---------------------------------------------------------------------- sharding the models

@@ -90,3 +90,64 @@ def test_remote_code_is_off_by_default(tiny_model_dir, monkeypatch):
     module = RLModule(name_or_path=tiny_model_dir)
     module.configure_model()
     assert seen and not any(seen)
+
+
+@pytest.fixture
+def lightning_fsdp2_loads(monkeypatch) -> list:
+    """``ModelParallelStrategy.load_checkpoint`` replaced by what it does with a checkpoint file:
+    ``torch.load`` with the ``weights_only`` it is given, then writing the weights into the shards
+    (here: recording the call)."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    calls = []
+
+    def load(self, path, weights_only=None):
+        calls.append(path)
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+
+    monkeypatch.setattr(ModelParallelStrategy, "load_checkpoint", load)
+    return calls
+
+
+def test_fsdp2_loads_without_unpickling_code(tmp_path, lightning_fsdp2_loads):
+    from lightning_dsrl.sharding import FSDP2Strategy
+
+    payload = tmp_path / "payload"
+    path = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "x": MakesADirectory(str(payload))}, path)
+    with pytest.raises(ConfigError, match="weights_only=false"):
+        FSDP2Strategy().load_checkpoint(path, weights_only=False)
+    with pytest.raises(ConfigError, match=r"holds pickled Python objects besides tensors \(it references \w+.makedirs"):
+        FSDP2Strategy().load_checkpoint(path)
+    assert not payload.exists() and lightning_fsdp2_loads == []
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # the sharded checkpoint written in one process
+def test_fsdp2_refuses_another_model_shape_before_loading(tmp_path, tiny_model_dir, lightning_fsdp2_loads):
+    """Lightning's FSDP2 loader writes the weights into the shards before ``on_load_checkpoint`` runs: the
+    shapes are checked first, for a checkpoint file and for a sharded checkpoint directory."""
+    import torch.distributed.checkpoint as dcp
+
+    from lightning_dsrl.sharding import FSDP2Strategy
+
+    module = RLModule(name_or_path=tiny_model_dir)
+    module.configure_model()
+    strategy = FSDP2Strategy()
+    strategy._lightning_module = module
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    own = tmp_path / "own.ckpt"
+    torch.save({"state_dict": state}, own)
+    strategy.load_checkpoint(own)
+    assert lightning_fsdp2_loads == [own]
+    vocab = state["policy.model.embed_tokens.weight"].shape[0]
+    state["policy.model.embed_tokens.weight"] = torch.zeros(vocab, 48)  # a model with hidden size 48
+    wider = tmp_path / "wider.ckpt"
+    torch.save({"state_dict": state}, wider)
+    sharded = tmp_path / "wider-sharded"  # FSDP2Strategy(save_distributed_checkpoint=True)'s layout
+    dcp.save({"state_dict": state}, checkpoint_id=sharded)
+    torch.save({"global_step": 1}, sharded / "meta.pt")
+    for path in (wider, sharded):
+        with pytest.raises(ConfigError, match=rf"embed_tokens.weight has shape \[{vocab}, 48\] but the model built "
+                                              rf"from .* has \[{vocab}, 32\]"):
+            strategy.load_checkpoint(path)
+    assert lightning_fsdp2_loads == [own]
