@@ -40,8 +40,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
+from lightning_dsrl import distributed, sharding
 from lightning_dsrl import functional as F
-from lightning_dsrl import sharding
 from lightning_dsrl.errors import ConfigError, TrainingError
 from lightning_dsrl.logprobs import completion_logits
 from lightning_dsrl.metrics import EvalReport, RolloutMetrics
@@ -191,25 +191,8 @@ class RLModule(LightningModule):
             self.policy = apply_lora(self.policy, self.lora)  # the reference: the same model, adapters off
         elif self.objective.needs_reference:
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
-        self._shard_models()
-
-    def _shard_models(self) -> None:
-        """FSDP2 (``FSDP2Strategy``/``ModelParallelStrategy``) or FSDP1 (``FSDPStrategy``): shard the policy
-        and the reference here, as Lightning expects (see :mod:`lightning_dsrl.sharding`); DDP needs nothing."""
-        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
-
         strategy = self._trainer.strategy if self._trainer is not None else None
-        models = [m for m in (self.policy, self.reference) if m is not None]
-        if isinstance(strategy, ModelParallelStrategy):
-            if strategy.device_mesh["tensor_parallel"].size() != 1:
-                raise ConfigError("trainer.strategy: tensor parallelism of the policy is not supported; use "
-                                  "FSDP2Strategy (data_parallel over every device, tensor_parallel_size 1)")
-            for model in models:
-                sharding.shard_fsdp2(model, strategy.device_mesh["data_parallel"])
-        elif isinstance(strategy, FSDPStrategy):
-            self.policy = sharding.wrap_fsdp1(self.policy, strategy)
-            if self.reference is not None:
-                self.reference = sharding.wrap_fsdp1(self.reference, strategy)
+        self.policy, self.reference = sharding.shard_models(strategy, self.policy, self.reference)
 
     def setup(self, stage: str) -> None:
         from lightning_dsrl.rollout.callback import (
@@ -311,7 +294,7 @@ class RLModule(LightningModule):
         (a sharded forward is a collective, see :mod:`lightning_dsrl.sharding`)."""
         ranges = [(torch.arange(s, min(s + self.micro_batch_size, num_samples)), True)
                   for s in range(0, num_samples, self.micro_batch_size)]
-        extra = sharding.passes_on_all_ranks(len(ranges), self.device) - len(ranges)
+        extra = distributed.passes_on_all_ranks(len(ranges), self.device) - len(ranges)
         return ranges + [(ranges[-1][0], False)] * extra
 
     @torch.no_grad()
@@ -409,9 +392,9 @@ class RLModule(LightningModule):
             for minibatch in rollout.minibatches(self.minibatches, generator):
                 finite = True
                 # with more than one process: the sizes of the minibatch over all ranks (exact data parallelism)
-                minibatch.totals = sharding.global_totals(minibatch._own_totals(), self.device)
+                minibatch.totals = distributed.per_rank_sizes(minibatch._own_totals(), self.device)
                 micros = minibatch.micro_batches(self.micro_batch_size)
-                extra = sharding.passes_on_all_ranks(len(micros), self.device) - len(micros)
+                extra = distributed.passes_on_all_ranks(len(micros), self.device) - len(micros)
                 for position, micro in enumerate(micros + micros[-1:] * extra):
                     real = position < len(micros)  # False: a pass that only keeps the ranks' collectives in step
                     micro = micro.trim()
@@ -441,7 +424,7 @@ class RLModule(LightningModule):
                         if out.advantages is not None:
                             trained.append((micro.group_ids, out.advantages))
                 start = time.perf_counter()
-                grad_norm = self._clip_gradients()
+                grad_norm = sharding.clip_policy_gradients(self.policy, self.max_grad_norm)
                 if not self._on_all_ranks(finite and math.isfinite(grad_norm)):
                     self._skip_step(optimizer, nonfinite=True)
                 else:
@@ -458,10 +441,10 @@ class RLModule(LightningModule):
         if trained:  # groups whose advantages, as trained on, are all 0 (over every rank's groups)
             groups, advantages = (torch.cat(parts) for parts in zip(*trained))
             sums["zero_signal_groups"], weights["zero_signal_groups"] = F.groups_all_zero(advantages, groups)
-        # rank r's minibatch loss is W S_r / T (see sharding.global_totals): over ranks they add up to W times the loss
+        # rank r's minibatch loss is W S_r / T (see distributed.per_rank_sizes): over ranks they add up to W times the loss
         weights.update(dict.fromkeys(_LOSS_SHARES, float(self.ppo_epochs * self.minibatches)))
         # sample-weighted means over every rank's micro-batches (the loss: the global minibatch loss)
-        sums, weights = sharding.sum_over_ranks(sums, self.device), sharding.sum_over_ranks(weights, self.device)
+        sums, weights = distributed.sum_over_ranks(sums, self.device), distributed.sum_over_ranks(weights, self.device)
         return {name: sums[name] / weights[name] for name in sums if weights.get(name, 0) > 0}
 
     def _sampler_correction(self, micro: RolloutBatch, count: bool) -> None:
@@ -475,13 +458,6 @@ class RLModule(LightningModule):
             self._logprob_diff[1] += float(mask.sum())
         if self.tis_cap is not None:
             micro.is_weights = F.truncated_is_weights(micro.logp_old, micro.sampler_logp, self.tis_cap) * mask
-
-    def _clip_gradients(self) -> float:
-        max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
-        if sharding.is_fsdp1(self.policy):
-            return sharding.clip_grad_norm_fsdp1(self.policy, max_norm)  # FSDP1: its own collective clip
-        params = [p for p in self.policy.parameters() if p.grad is not None]
-        return sharding.clip_grad_norm(params, max_norm)  # plain, DDP or FSDP2 (DTensor) gradients
 
     def _on_all_ranks(self, ok: bool) -> bool:
         """``ok`` and-reduced over ranks, so that every rank steps or skips together."""
@@ -513,7 +489,7 @@ class RLModule(LightningModule):
         # per-completion values of every rank's rollout, so that the statistics are over all ranks' samples
         rows = torch.stack([rollout.rewards.float(), rollout.correct.float(), rollout.completion_mask.sum(-1).float(),
                             rollout.truncated.float()], dim=1).tolist()  # [N, 4]
-        rewards, correct, lengths, truncated = torch.tensor(sum(sharding.all_gather_objects(rows), [])).reshape(-1, 4).T
+        rewards, correct, lengths, truncated = torch.tensor(sum(distributed.all_gather_objects(rows), [])).reshape(-1, 4).T
         correct_rate = float(correct.mean())
         values = {
             "train/reward_mean": float(rewards.mean()),
@@ -535,7 +511,7 @@ class RLModule(LightningModule):
             values["rollout/logprob_diff"] = self._logprob_diff[0] / self._logprob_diff[1]
         values.update(timings)
         values["timing/metrics"] = time.perf_counter() - start
-        values = _mean_over_ranks(values)  # the rest: every rank holds the value already, or a rank mean
+        values = distributed.mean_over_ranks(values)  # the rest: every rank holds the value already, or a rank mean
         kw = {"on_step": True, "on_epoch": False, "batch_size": rollout.num_groups}
         self.log_dict(values, **kw)
         self.log("reward", values["train/reward_mean"], prog_bar=True, logger=False, **kw)
@@ -589,7 +565,7 @@ class RLModule(LightningModule):
         report = self.val_metrics.compute()  # synced across processes
         self.val_metrics.reset()
         rows = self._gather_rows()
-        sums, self._val_sums = sharding.sum_over_ranks(self._val_sums, self.device), defaultdict(float)
+        sums, self._val_sums = distributed.sum_over_ranks(self._val_sums, self.device), defaultdict(float)
         values = {f"val/{name}": value for name, value in report.scalars().items()}
         if sums.get("samples"):  # over every rank's problems, each once: the same value on every rank
             values["val/reward_mean"] = sums["reward"] / sums["samples"]
@@ -605,8 +581,7 @@ class RLModule(LightningModule):
         """The sample rows of every process in the order of the problems: rank ``r``'s ``j``-th problem is
         problem ``r + j * world_size`` of the set (``EvalSampler``). Texts travel as Python objects."""
         rows, self._val_rows = self._val_rows, []
-        parts = sharding.all_gather_objects(rows)
-        return [part[j] for j in range(max(map(len, parts))) for part in parts if j < len(part)]
+        return distributed.interleave(distributed.all_gather_objects(rows))
 
     def _eval_settings(self) -> dict[str, Any]:
         from lightning_dsrl.rollout.callback import RolloutCallback
@@ -649,15 +624,3 @@ class RLModule(LightningModule):
 # values normalised by the minibatch totals (Objective.aggregate): logged as the sum over micro-batches, the
 # minibatch loss, averaged over minibatches and epochs; every other objective metric is a sample-weighted mean
 _LOSS_SHARES = ("loss", "policy_loss")
-
-
-def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
-    """Each scalar averaged over the ranks that report it (one object all-gather per step; ranks may
-    report different keys, e.g. DS-GRPO's term on correct completions when a rank has none). Equal-sized
-    rank batches make the mean of rank means the mean over all samples; the pass@k and diversity values
-    come from torchmetrics states already reduced over ranks, so every rank holds the same value."""
-    gathered = sharding.all_gather_objects(values)
-    if len(gathered) == 1:
-        return values
-    keys = dict.fromkeys(k for part in gathered for k in part)  # first-seen order
-    return {k: sum(p[k] for p in gathered if k in p) / sum(1 for p in gathered if k in p) for k in keys}

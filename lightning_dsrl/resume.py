@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_dsrl import sharding
+from lightning_dsrl import distributed, sharding
 from lightning_dsrl.errors import ConfigError
 
 __all__ = ["check_shapes", "module_state", "restore_module_state", "rng_states", "set_rng_states"]
@@ -61,7 +61,7 @@ def set_rng_states(state: dict[str, Any]) -> None:
 def module_state(module) -> dict[str, Any]:
     """What ``RLModule`` adds to a checkpoint: every rank's generators (a collective: Lightning builds
     the checkpoint on every rank), the shuffle generator and the counters."""
-    state = {"rng": sharding.all_gather_objects(rng_states()), "shuffle": module._shuffle.get_state()}
+    state = {"rng": distributed.all_gather_objects(rng_states()), "shuffle": module._shuffle.get_state()}
     state.update({name: getattr(module, name) for name in _COUNTERS})
     return state
 
@@ -72,10 +72,10 @@ def restore_module_state(module, state: dict[str, Any] | None) -> None:
         return
     ranks = state["rng"]
     rank = module.global_rank if module._trainer is not None else 0
-    if len(ranks) != sharding.world_size():
+    if len(ranks) != distributed.world_size():
         log.warning("the checkpoint was written by %d processes and is resumed by %d: random states restart "
                     "from rank 0's, so the run will not repeat the uninterrupted one exactly", len(ranks),
-                    sharding.world_size())
+                    distributed.world_size())
         rank = 0
     set_rng_states(ranks[rank])
     module._shuffle.set_state(state["shuffle"])

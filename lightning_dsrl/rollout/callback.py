@@ -209,7 +209,7 @@ class RolloutCallback(Callback):
         """The largest |engine - trainer| log-prob over the tokens of a probe (the rollout's first completion)
         and over ranks, logged as ``rollout/sync_logprob_diff``; beyond ``sync_tolerance`` a ``TrainingError``
         (``sync_check: raise``, on every rank) or a warning."""
-        from lightning_dsrl import sharding
+        from lightning_dsrl import distributed
 
         module: RLModule = pl_module  # type: ignore[assignment]
         probe = rollout.select([0]).trim()
@@ -222,7 +222,7 @@ class RolloutCallback(Callback):
             module.policy.train(was_training)
         engine_logp = self.engine.logprobs(probe).to(trainer_logp.device)  # [1, L]
         diff = float(((trainer_logp - engine_logp).abs() * probe.completion_mask).max())
-        diff = sharding.max_over_ranks(diff, module.device)
+        diff = distributed.max_over_ranks(diff, module.device)
         if module._trainer is not None:
             module.log("rollout/sync_logprob_diff", diff, on_step=True, on_epoch=False)
         if not diff <= self.sync_tolerance:  # NaN fails too

@@ -27,7 +27,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from lightning_dsrl import sharding
+from lightning_dsrl import distributed, sharding
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.models import cache_kwargs, load_model, merged_weights
 from lightning_dsrl.rollout.engine import Generation, RolloutEngine, SamplingParams
@@ -192,7 +192,7 @@ class HFEngine(RolloutEngine):
         """
         tokenizer = self.module.tokenizer
         eos = set(eos_token_ids(tokenizer, model))
-        synced = sharding.is_sharded(model) and sharding.world_size() > 1
+        synced = sharding.is_sharded(model) and distributed.world_size() > 1
         warpers = self._warpers(params)
         tail = max((len(s) for s in params.stop), default=0) + 1  # tokens enough to end with any stop string
         cache = self._prefill(model, input_ids, attention, copies)
@@ -220,7 +220,7 @@ class HFEngine(RolloutEngine):
                 if token in eos or (params.stop and self._hits_stop(prompts[row], out[row], tail, params.stop)):
                     stopped[b] = finished[row] = True
             alive = stopped.count(False)
-            if step == params.max_new_tokens - 1 or (sharding.passes_on_all_ranks(alive, feed.device) if synced
+            if step == params.max_new_tokens - 1 or (distributed.passes_on_all_ranks(alive, feed.device) if synced
                                                      else alive) == 0:
                 break
             if alive and alive < len(stopped) and len(stopped) - alive >= DROP_STOPPED_AT * len(stopped):

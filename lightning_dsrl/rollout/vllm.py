@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from lightning_dsrl import sharding
+from lightning_dsrl import distributed, sharding
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.models import _local_path, merged_weights
 from lightning_dsrl.rollout.engine import Generation, RolloutEngine, SamplingParams
@@ -100,7 +100,7 @@ class VLLMEngine(RolloutEngine):
         from vllm import LLM
 
         self.module = module
-        world = sharding.world_size()
+        world = distributed.world_size()
         rank = torch.distributed.get_rank() if world > 1 else 0
         self.llm = LLM(
             model=_local_path(module.spec), tokenizer=_local_path(module.spec),
