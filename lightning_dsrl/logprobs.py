@@ -37,6 +37,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from lightning_dsrl import sharding
+from lightning_dsrl.functional.groups import group_index
 from lightning_dsrl.models import cache_kwargs
 from lightning_dsrl.types import RolloutBatch
 
@@ -156,8 +157,8 @@ def completion_logits(model, batch: RolloutBatch, share_prefix: bool = True,
     length = batch.completion_ids.shape[1]
     if not share_prefix or batch.prompt_ids.shape[1] < 2:
         return _plain(model, batch, length)
-    labels, inverse = torch.unique(batch.group_ids, return_inverse=True)
-    n, groups = batch.num_samples, labels.numel()
+    inverse, counts = group_index(batch.group_ids)
+    n, groups = batch.num_samples, counts.numel()
     first = torch.full((groups,), n, dtype=torch.long, device=inverse.device)
     first = first.scatter_reduce(0, inverse, torch.arange(n, device=inverse.device), "amin")
     fed = (batch.completion_mask.sum(-1) - 1).clamp(min=0)  # completion[:-1]: the last token predicts nothing

@@ -367,7 +367,7 @@ class RLModule(LightningModule):
             self._flops_per_token = (4 if self.lora is not None else 6) * params
             dtype = next(self.policy.parameters()).dtype
             self._peak_flops = get_available_flops(self.device, dtype) if self.device.type != "cpu" else None
-        _, inverse, counts = torch.unique(rollout.group_ids, return_inverse=True, return_counts=True)
+        inverse, counts = F.group_index(rollout.group_ids)
         prompt_tokens = float((rollout.prompt_mask.sum(-1) / counts[inverse]).sum())
         completion_tokens = float(rollout.completion_mask.sum())
         seconds = max(seconds, 1e-9)

@@ -16,6 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_dsrl.functional.groups import group_index
+from lightning_dsrl.padding import pad_columns
+
 __all__ = ["PromptRecord", "PromptBatch", "RewardResult", "RolloutBatch", "LossOutput"]
 
 
@@ -117,7 +120,7 @@ class RolloutBatch:
 
     @property
     def num_groups(self) -> int:
-        return int(torch.unique(self.group_ids).numel())
+        return int(group_index(self.group_ids)[1].numel())
 
     def total(self, key: str) -> float:
         """Size of the minibatch this (micro-)batch belongs to, for exact gradient accumulation.
@@ -201,23 +204,16 @@ class RolloutBatch:
         width_p = max(b.prompt_ids.shape[1] for b in batches)
         width_c = max(b.completion_ids.shape[1] for b in batches)
 
-        def pad(t: Tensor, width: int, value: float | bool, left: bool) -> Tensor:
-            extra = width - t.shape[1]
-            if extra == 0:
-                return t
-            filler = torch.full((t.shape[0], extra), value, dtype=t.dtype, device=t.device)
-            return torch.cat([filler, t] if left else [t, filler], dim=1)
-
         groups, offset = [], 0
         for b in batches:
-            _, dense = torch.unique(b.group_ids, return_inverse=True)
+            dense, _ = group_index(b.group_ids)
             groups.append(dense + offset)
             offset += int(dense.max()) + 1 if dense.numel() else 0
         changes: dict[str, Any] = {
-            "prompt_ids": torch.cat([pad(b.prompt_ids, width_p, pad_id, True) for b in batches]),
-            "prompt_mask": torch.cat([pad(b.prompt_mask, width_p, False, True) for b in batches]),
-            "completion_ids": torch.cat([pad(b.completion_ids, width_c, pad_id, False) for b in batches]),
-            "completion_mask": torch.cat([pad(b.completion_mask, width_c, False, False) for b in batches]),
+            "prompt_ids": torch.cat([pad_columns(b.prompt_ids, width_p, pad_id, True) for b in batches]),
+            "prompt_mask": torch.cat([pad_columns(b.prompt_mask, width_p, False, True) for b in batches]),
+            "completion_ids": torch.cat([pad_columns(b.completion_ids, width_c, pad_id, False) for b in batches]),
+            "completion_mask": torch.cat([pad_columns(b.completion_mask, width_c, False, False) for b in batches]),
             "group_ids": torch.cat(groups),
             "totals": {},
         }
@@ -225,7 +221,7 @@ class RolloutBatch:
             values = [getattr(b, name) for b in batches]
             if any(v is None for v in values) and any(v is not None for v in values):
                 raise ValueError(f"concat: {name} is set on some batches but not on others")
-            changes[name] = None if values[0] is None else torch.cat([pad(v, width_c, 0.0, False) for v in values])
+            changes[name] = None if values[0] is None else torch.cat([pad_columns(v, width_c, 0.0, False) for v in values])
         for f in dataclasses.fields(batches[0]):
             value = getattr(batches[0], f.name)
             if f.name in changes:

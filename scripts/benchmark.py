@@ -269,7 +269,7 @@ def run_logprob_memory(args, chunked: bool) -> dict:
 
     from lightning_dsrl.module import RLModule
     from lightning_dsrl.objectives import GRPO
-    from lightning_dsrl.rollout.padding import pad_left
+    from lightning_dsrl.padding import pad_left
     from lightning_dsrl.types import RolloutBatch
 
     n = args.num_prompts * args.num_generations

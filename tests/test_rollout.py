@@ -8,9 +8,9 @@ import torch
 from lightning_dsrl.data import CountdownTask
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.module import RLModule
+from lightning_dsrl.padding import pad_left, pad_right
 from lightning_dsrl.rewards import CountdownReward, FormatReward
 from lightning_dsrl.rollout import HFEngine, RolloutCallback, SamplingParams
-from lightning_dsrl.rollout.callback import pad_left, pad_right
 from lightning_dsrl.types import PromptBatch
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_dsrl.metrics.functional import _token_entropy_compute, _token_entropy_update
+from lightning_dsrl.metrics.functional.entropy import _token_entropy_compute, _token_entropy_update
 
 __all__ = ["TokenEntropy"]
 

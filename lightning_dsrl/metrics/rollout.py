@@ -16,9 +16,9 @@ from typing import Any
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lightning_dsrl.functional.groups import group_counts
 from lightning_dsrl.metrics.diversity import DistinctCorrect, DistinctN, DivAnswers, DivEqu, SelfBLEU
 from lightning_dsrl.metrics.entropy import TokenEntropy
-from lightning_dsrl.metrics.functional import group_counts
 from lightning_dsrl.metrics.passk import MeanAtK, PassAtK, PotentialAtK
 from lightning_dsrl.types import RolloutBatch
 

@@ -24,16 +24,16 @@ from torch import Tensor
 
 from lightning_dsrl import functional as F
 from lightning_dsrl.errors import ConfigError, TrainingError
+from lightning_dsrl.padding import pad_left, pad_right
 from lightning_dsrl.rewards.base import CompositeReward, RewardModule
 from lightning_dsrl.rollout.engine import RolloutEngine, SamplingParams
 from lightning_dsrl.rollout.hf import HFEngine
-from lightning_dsrl.rollout.padding import pad_left, pad_right
 from lightning_dsrl.types import PromptBatch, PromptRecord, RolloutBatch
 
 if TYPE_CHECKING:
     from lightning_dsrl.module import RLModule
 
-__all__ = ["RolloutCallback", "pad_left", "pad_right"]
+__all__ = ["RolloutCallback"]
 
 log = logging.getLogger(__name__)
 
@@ -358,10 +358,7 @@ class RolloutCallback(Callback):
         device = module.device
         sampler_logp = None
         if generation.logprobs is not None:
-            sampler_logp = torch.zeros(c_ids.shape, dtype=torch.float32)
-            for i, row in enumerate(generation.logprobs):
-                sampler_logp[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
-            sampler_logp = sampler_logp.to(device)
+            sampler_logp = pad_right(generation.logprobs, 0.0, dtype=torch.float32)[0].to(device)
         rollout = RolloutBatch(
             prompt_ids=p_ids.to(device),
             prompt_mask=p_mask.to(device),

@@ -30,8 +30,8 @@ from transformers import (
 from lightning_dsrl import distributed, sharding
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.models import cache_kwargs, load_model, merged_weights
+from lightning_dsrl.padding import pad_left
 from lightning_dsrl.rollout.engine import Generation, RolloutEngine, SamplingParams
-from lightning_dsrl.rollout.padding import pad_left
 
 if TYPE_CHECKING:
     from lightning_dsrl.module import RLModule
