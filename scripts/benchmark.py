@@ -105,9 +105,9 @@ def smoke_model_dir() -> str:
 
 def local_model(args) -> str:
     """A plain local HF directory for the model (GGUF de-quantised once, as the framework does)."""
-    from lightning_dsrl.models import ModelSpec, _local_path
+    from lightning_dsrl.models import ModelSpec, local_path
 
-    return _local_path(ModelSpec(args.model, gguf_file=args.gguf_file or None))
+    return local_path(ModelSpec(args.model, gguf_file=args.gguf_file or None))
 
 
 def task_records(args):

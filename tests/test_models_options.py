@@ -7,7 +7,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lightning_dsrl import models
 from lightning_dsrl.data import CountdownTask
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.models import ModelSpec, load_model, load_tokenizer
@@ -110,7 +109,7 @@ def test_remote_code_is_off_unless_the_config_says_so(tiny_model_dir, monkeypatc
         seen.append(kwargs["trust_remote_code"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", spy)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
     load_model(ModelSpec(tiny_model_dir))
     load_model(ModelSpec(tiny_model_dir, trust_remote_code=True))
     assert seen == [False, True]

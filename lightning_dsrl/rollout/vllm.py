@@ -28,7 +28,7 @@ from torch import Tensor
 
 from lightning_dsrl import distributed, sharding
 from lightning_dsrl.errors import ConfigError
-from lightning_dsrl.models import _local_path, merged_weights
+from lightning_dsrl.models import local_path, merged_weights
 from lightning_dsrl.rollout.engine import Generation, RolloutEngine, SamplingParams
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class VLLMEngine(RolloutEngine):
         world = distributed.world_size()
         rank = torch.distributed.get_rank() if world > 1 else 0
         self.llm = LLM(
-            model=_local_path(module.spec), tokenizer=_local_path(module.spec),
+            model=local_path(module.spec), tokenizer=local_path(module.spec),
             tensor_parallel_size=self.tensor_parallel_size, gpu_memory_utilization=self.gpu_memory_utilization,
             enable_sleep_mode=self.sleep, dtype=self.dtype, max_model_len=self.max_model_len,
             enforce_eager=self.enforce_eager, seed=self.seed + rank, trust_remote_code=module.spec.trust_remote_code,
