@@ -302,9 +302,9 @@ def run_logprob_memory(args, chunked: bool) -> dict:
     seconds = now(args) - start
     peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if gpu else rss_mb("VmHWM") - before
     vocab = module.policy.get_output_embeddings().weight.shape[0]
-    return {"micro_batch_size": module.micro_batch_size, "completions": n, "seconds": seconds,
+    return {"micro_batch_size": module.update_settings.micro_batch_size, "completions": n, "seconds": seconds,
             "memory": "GPU allocated" if gpu else "RSS", "phase_peak_mb": peak,
-            "logits_mb_per_micro_batch": module.micro_batch_size * length * vocab * 4 / 2**20}
+            "logits_mb_per_micro_batch": module.update_settings.micro_batch_size * length * vocab * 4 / 2**20}
 
 
 def run_bare(args) -> dict:

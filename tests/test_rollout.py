@@ -135,7 +135,7 @@ def test_stop_strings_match_like_generate_with_overhanging_tokens():
         tokenizer = Words()
 
     engine = HFEngine()
-    engine.module = Bound()
+    engine.owner = Bound()
     w = {word: i for i, word in enumerate(Words.vocab)}
 
     def hits(*words, prompt=()):
@@ -176,8 +176,9 @@ def test_callback_builds_a_scored_rollout_batch(module):
 
 def test_callback_truncates_long_prompts_and_rejects_bad_settings(module):
     callback = RolloutCallback(rewards=[FormatReward()], max_prompt_tokens=4)
-    ids = callback.encode_prompts(module, CountdownTask(num_train=2, num_val=1, max_number=10).records("train"))
-    assert all(len(i) == 4 for i in ids) and callback.prompts_truncated == 2
+    ids = callback.sampler.encode(module, CountdownTask(num_train=2, num_val=1, max_number=10).records("train"),
+                                  max_new_tokens=64)
+    assert all(len(i) == 4 for i in ids) and callback.sampler.prompts_truncated == 2
     with pytest.raises(ConfigError, match="rewards is empty"):
         RolloutCallback(rewards=[])
     with pytest.raises(ConfigError, match="temperature"):
