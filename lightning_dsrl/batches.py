@@ -13,6 +13,7 @@ and ``replace`` return new records; nothing here changes one in place.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -100,15 +101,20 @@ class Rollout:
         if index.dtype == torch.bool:
             index = index.nonzero().flatten()
         positions = index.tolist()
+        return self._mapped(lambda t: t[index.to(t.device)], lambda values: [values[i] for i in positions])
+
+    def _mapped(self: B, on_tensor: Callable[[Tensor], Tensor], on_list: Callable[[list], list] | None = None) -> B:
+        """This record with ``on_tensor`` applied to every tensor (those of ``reward_parts`` included) and
+        ``on_list`` to every non-empty per-completion list."""
         changes: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Tensor):
-                changes[f.name] = value[index.to(value.device)]
-            elif isinstance(value, list) and value:
-                changes[f.name] = [value[i] for i in positions]
-            elif isinstance(value, dict) and f.name == "reward_parts":
-                changes[f.name] = {k: v[index.to(v.device)] for k, v in value.items()}
+                changes[f.name] = on_tensor(value)
+            elif f.name == "reward_parts":
+                changes[f.name] = {k: on_tensor(v) for k, v in value.items()}
+            elif on_list is not None and isinstance(value, list) and value:
+                changes[f.name] = on_list(value)
         return dataclasses.replace(self, **changes)
 
     def minibatch_indices(self, num: int, generator: torch.Generator | None = None) -> list[Tensor]:
@@ -185,14 +191,7 @@ class Rollout:
         return dataclasses.replace(batches[0], **changes)
 
     def to(self: B, device: torch.device | str) -> B:
-        changes: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Tensor):
-                changes[f.name] = value.to(device)
-            elif f.name == "reward_parts":
-                changes[f.name] = {k: v.to(device) for k, v in value.items()}
-        return dataclasses.replace(self, **changes)
+        return self._mapped(lambda t: t.to(device))
 
 
 @dataclass(frozen=True)

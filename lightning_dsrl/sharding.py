@@ -23,8 +23,13 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.load import _METADATA_FILENAME
-from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, StrategyRegistry
 from torch import Tensor, nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+from torch.distributed.tensor import DTensor
 
 from lightning_dsrl.checkpoint_io import refuse_weights_only_false, tensors_only
 from lightning_dsrl.errors import ConfigError
@@ -96,8 +101,6 @@ def _read_checkpoint(path: Path) -> dict[str, Any] | None:
     if path.is_file():
         with tensors_only(path):
             return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    from torch.distributed.checkpoint import FileSystemReader
-
     with tensors_only(path / _METADATA_FILENAME):
         checkpoint = torch.load(path / _METADATA_FILENAME, map_location="cpu", weights_only=True)
     stored = FileSystemReader(path).read_metadata().state_dict_metadata
@@ -122,8 +125,6 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 def shard_fsdp2(model: nn.Module, mesh) -> nn.Module:
     """``fully_shard`` each decoder layer, then the root (embeddings, final norm, LM head)."""
-    from torch.distributed.fsdp import fully_shard
-
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
@@ -132,9 +133,6 @@ def shard_fsdp2(model: nn.Module, mesh) -> nn.Module:
 
 def wrap_fsdp1(model: nn.Module, strategy) -> nn.Module:
     """The model as its own FSDP1 root with one unit per decoder layer, with the strategy's settings."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-
     device = strategy.root_device
     return FullyShardedDataParallel(
         model,
@@ -165,14 +163,10 @@ def shard_models(strategy, policy: nn.Module, reference: nn.Module | None) -> tu
 
 
 def is_fsdp1(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
     return any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
 
 
 def _is_dtensor(t: Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
     return isinstance(t, DTensor)
 
 
@@ -219,8 +213,6 @@ def full_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     writes them; tied weights appear under each of their names.
     """
     if is_fsdp1(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
         # FSDP1 gathers the whole state dict at once; every rank gets it (cpu_offload would keep rank 0's only)
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
         yield from state.items()
@@ -231,8 +223,6 @@ def full_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
 
 def _register() -> None:
     """``--trainer.strategy fsdp2`` as a short name, beside Lightning's ``ddp`` and ``fsdp``."""
-    from lightning.pytorch.strategies import StrategyRegistry
-
     if "fsdp2" not in StrategyRegistry:
         StrategyRegistry.register("fsdp2", FSDP2Strategy, description="FSDP2 data parallelism (lightning_dsrl)")
 

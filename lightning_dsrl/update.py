@@ -128,8 +128,9 @@ def update(batch: TrainBatch, *, objective: Objective, policy: nn.Module, scorer
                 if epoch == 0:  # each sample counted once
                     if entropy_metric is not None:  # the policy's entropy on its samples
                         entropy_metric.update(entropy.detach(), micro.completion_mask, micro.correct)
-                    advantages[micro_rows] = out.advantages.cpu()
-                    trained[micro_rows] = True
+                    if out.advantages is not None:  # None: an objective whose forward does not report them
+                        advantages[micro_rows] = out.advantages.cpu()
+                        trained[micro_rows] = True
             start_step = time.perf_counter()
             grad_norm = clip_policy_gradients(policy, settings.max_grad_norm)
             if not on_all_ranks(finite and math.isfinite(grad_norm)):

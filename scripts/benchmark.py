@@ -270,7 +270,7 @@ def run_logprob_memory(args, chunked: bool) -> dict:
     from lightning_dsrl.module import RLModule
     from lightning_dsrl.objectives import GRPO
     from lightning_dsrl.padding import pad_left
-    from lightning_dsrl.types import RolloutBatch
+    from lightning_dsrl.types import Rollout
 
     n = args.num_prompts * args.num_generations
     module = RLModule(name_or_path=local_model(args), torch_dtype=args.dtype, objective=GRPO(beta=args.beta),
@@ -283,7 +283,7 @@ def run_logprob_memory(args, chunked: bool) -> dict:
     prompt_ids, prompt_mask = pad_left([tok(p, add_special_tokens=False)["input_ids"] for p in prompts], tok.pad_token_id)
     generator = torch.Generator().manual_seed(0)
     length = args.max_new_tokens
-    rollout = RolloutBatch(
+    rollout = Rollout(
         prompt_ids=prompt_ids.repeat_interleave(args.num_generations, 0),
         prompt_mask=prompt_mask.repeat_interleave(args.num_generations, 0),
         completion_ids=torch.randint(len(tok), (n, length), generator=generator),

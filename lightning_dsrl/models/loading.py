@@ -29,11 +29,17 @@ class ModelSpec:
     """Where the policy comes from and how it is loaded (the ``model.*`` options of a config)."""
 
     name_or_path: str = DEFAULT_MODEL
+    """hub id, local directory, or ``pkg://package/path``"""
     gguf_file: str | None = None
+    """a GGUF file inside ``name_or_path``, de-quantised to float weights once"""
     torch_dtype: str = "float32"
+    """``float32``, ``bfloat16`` or ``float16`` weights"""
     attn_implementation: str | None = None
+    """transformers attention backend (``sdpa``, ``eager``, ...; ``None``: the model's default)"""
     gradient_checkpointing: bool = False
+    """recompute activations in backward to save memory"""
     trust_remote_code: bool = False
+    """allow model code from the hub"""
 
     def __post_init__(self) -> None:
         if self.torch_dtype not in DTYPES:

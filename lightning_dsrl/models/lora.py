@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.models.loading import ModelSpec, load_model, load_tokenizer
@@ -57,8 +58,6 @@ class LoraSpec:
 
 def _adaptable_layers(model: torch.nn.Module) -> dict[str, str]:
     """Full name -> class name of every layer LoRA can adapt (linear, embedding, GPT-2's Conv1D)."""
-    from transformers.pytorch_utils import Conv1D
-
     kinds = (torch.nn.Linear, torch.nn.Embedding, Conv1D)
     return {name: type(m).__name__ for name, m in model.named_modules() if isinstance(m, kinds)}
 
@@ -92,7 +91,7 @@ def _check_targets(model: PreTrainedModel, spec: LoraSpec) -> None:
 
 def apply_lora(model: PreTrainedModel, spec: LoraSpec):
     """Wrap ``model`` in peft LoRA adapters; only the adapter weights keep ``requires_grad``."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # here: only a run with LoRA imports peft (see the docstring)
 
     _check_targets(model, spec)
     targets = spec.target_modules if isinstance(spec.target_modules, str) else list(spec.target_modules)
@@ -120,7 +119,7 @@ def merged_weights(model: torch.nn.Module, weights: Iterable[tuple[str, torch.Te
     What an engine with its own weights loads. ``model`` itself is left as it is (no in-place merge:
     it goes on training the adapters); a layer's weight is held only until its adapters arrive.
     """
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # here: only a run with LoRA imports peft
 
     layers = {name.replace(_FSDP1_WRAPPER, ""): m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
     if not layers:
