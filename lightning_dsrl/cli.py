@@ -26,6 +26,7 @@ from argparse import ArgumentError
 from pathlib import Path
 
 from jsonargparse import lazy_instance
+from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
@@ -53,7 +54,7 @@ def check_ckpt_path(ckpt_path: str | None) -> None:
     if not ckpt_path or str(ckpt_path) in _SPECIAL_CKPT or "://" in str(ckpt_path):
         return
     path = Path(ckpt_path)
-    if path.is_file():
+    if path.is_file() or (path / _METADATA_FILENAME).is_file():  # FSDP2's sharded checkpoint is a directory
         return
     found = sorted(path.parent.glob("*.ckpt")) if path.parent.is_dir() else []
     hint = f"; checkpoints in {path.parent}: {', '.join(p.name for p in found[:5])}" if found else (

@@ -18,6 +18,7 @@ The collectives over the processes (and why every rank must run the same ones) a
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,30 @@ class FSDP2Strategy(ModelParallelStrategy):
         check = getattr(self.lightning_module, "check_checkpoint", None)
         if checkpoint is not None and check is not None:
             check(checkpoint)
-        return super().load_checkpoint(path, weights_only=True)
+        stored = set(checkpoint["state_dict"]) if checkpoint is not None and path.is_dir() else None
+        with _state_dict_limited_to(self.lightning_module, stored):
+            return super().load_checkpoint(path, weights_only=True)
+
+
+@contextmanager
+def _state_dict_limited_to(module: nn.Module, keys: set[str] | None) -> Iterator[None]:
+    """``module.state_dict()`` holding only ``keys`` (all of it for ``None``) while a sharded checkpoint loads:
+    ``torch.distributed.checkpoint`` loads every key of the state dict it is given and refuses one the checkpoint
+    lacks, and a checkpoint leaves out what is rebuilt from ``name_or_path`` (the reference model; with LoRA the
+    base weights: :mod:`lightning_dsrl.resume`), which keeps the weights it was built with."""
+    if keys is None:
+        yield
+        return
+
+    def keep_stored(_module, state: dict[str, Any], _prefix: str, _metadata: Any) -> None:
+        for key in [k for k in state if k not in keys]:
+            del state[key]
+
+    handle = module.register_state_dict_post_hook(keep_stored)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any] | None:

@@ -5,8 +5,11 @@ A checkpoint of a differently shaped model is refused naming both shapes."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +98,40 @@ def test_checkpoint_of_another_model_shape_names_both(tmp_path, tiny_model_dir, 
     wider = wider_copy(tiny_model_dir, tmp_path / "wider")
     line = one_line_error(args(tmp_path / "other", wider, 2, "--ckpt_path", str(ckpt)), capsys)
     assert re.search(r"has shape \[\d+, 32\] but the model built from .* has \[\d+, 48\]", line), line
+
+
+def test_ckpt_path_takes_a_sharded_checkpoint_directory(tmp_path):
+    # FSDP2Strategy(save_distributed_checkpoint=True) writes each checkpoint as a directory of shards plus
+    # Lightning's metadata file; scripts/gpu_check.py's fsdp2 check resumes from one through the command line
+    from lightning.fabric.utilities.load import _METADATA_FILENAME
+
+    from lightning_dsrl.cli import check_ckpt_path
+    from lightning_dsrl.errors import ConfigError
+
+    sharded = tmp_path / "epoch=0-step=1.ckpt"
+    sharded.mkdir()
+    (sharded / "__0_0.distcp").write_bytes(b"")
+    with pytest.raises(ConfigError, match="a directory, not a checkpoint file"):
+        check_ckpt_path(str(sharded))  # no metadata: not a checkpoint
+    (sharded / _METADATA_FILENAME).write_bytes(b"")
+    check_ckpt_path(str(sharded))
+
+
+@pytest.mark.slow
+def test_sharded_fsdp2_checkpoint_of_a_lora_run_resumes_exactly(tmp_path, tiny_model_dir):
+    # one FSDP2 process over gloo, each run in its own process (it starts a process group); the sharded
+    # checkpoint holds the adapters only, and the rebuilt base weights are not asked of it
+    lora = json.dumps({"r": 2, "alpha": 4.0, "target_modules": ["q_proj", "v_proj"]})
+    extra = ("--config", str(ROOT / "configs/fsdp.yaml"), "--model.lora", lora, "--checkpoint.save_top_k", "-1",
+             "--trainer.strategy.init_args.save_distributed_checkpoint", "true")
+    subprocess.run([sys.executable, "-m", "lightning_dsrl", *args(tmp_path, tiny_model_dir, 4, *extra)], check=True)
+    run = tmp_path / "ds_grpo/version_0"
+    ckpt = run / "checkpoints" / "epoch=0-step=2.ckpt"  # after the first rollout (2 optimizer steps each)
+    assert ckpt.is_dir() and list(ckpt.glob("*.distcp"))
+    subprocess.run([sys.executable, "-m", "lightning_dsrl", *args(tmp_path, tiny_model_dir, 4, *extra),
+                    "--ckpt_path", str(ckpt)], check=True)
+    full, resumed = scalars(run), scalars(tmp_path / "ds_grpo/version_1")
+    later = {key: value for key, value in full.items() if key[1] >= 1}  # the second rollout (logged at 1)
+    assert set(resumed) == set(later) and len({k[0] for k in later}) > 20
+    for key, value in later.items():
+        assert resumed[key] == pytest.approx(value, rel=1e-6, abs=1e-8), key
