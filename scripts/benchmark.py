@@ -5,6 +5,7 @@
     python scripts/benchmark.py --compare trl        # ... and TRL's GRPOTrainer (pip install -e ".[bench]")
     python scripts/benchmark.py --smoke              # a tiny model, 2 steps: checks the script, not speed
     python scripts/benchmark.py --device cuda --model Qwen/Qwen2.5-0.5B-Instruct --gguf-file '' --dtype bfloat16
+    python scripts/benchmark.py --device cuda --random-model 0.5b --dtype bfloat16   # random weights, nothing fetched
 
 Every setting is shared by the contenders: model, prompts (two-digit addition through the
 chat template), reward (numeric answer + 0.1 format), prompts per step, G, max new tokens,
@@ -62,8 +63,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--micro-batch-size", type=int, default=8,
                    help="ours: completions per forward/backward (backward activations scale with it: 8 measured "
                         "4.8 GB peak RSS vs 6.5 GB at 16, and no slower)")
+    p.add_argument("--random-model", choices=sorted(RANDOM_MODELS),
+                   help="instead of --model: a Llama of this shape with random weights and the character tokenizer "
+                        "(nothing to download; it samples to --max-new-tokens, as it rarely draws EOS)")
+    p.add_argument("--share-prompt-prefix", action=argparse.BooleanOptionalAction, default=True,
+                   help="ours: each group's prompt once in the log-prob and training forwards (packed rows)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="ours and TRL: recompute activations")
     p.add_argument("--compare", choices=["trl"], default=None, help="also run TRL's GRPOTrainer")
-    p.add_argument("--smoke", action="store_true", help="tiny model, 2 steps, to check the script runs")
+    p.add_argument("--smoke", action="store_true", help="tiny random model, 2 steps, to check the script runs")
     p.add_argument("--output", default="bench/benchmark.json")
     p.add_argument("--only", choices=["ours", "trl", "bare", "logprobs-chunked", "logprobs-whole"],
                    help=argparse.SUPPRESS)
@@ -71,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # handed on to the per-contender processes
     if args.smoke:
+        args.random_model = args.random_model or "tiny"
         args.steps, args.warmup, args.max_new_tokens = 2, 1, 8
         args.num_prompts, args.num_generations, args.micro_batch_size = 2, 2, 2
     if args.steps <= args.warmup:
@@ -84,23 +92,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------- shared setup
-def smoke_model_dir() -> str:
-    """A random 2-layer Llama with the character tokenizer (the test-suite's tiny model)."""
+# --random-model shapes. A vocabulary larger than the character tokenizer's 101 tokens gives the LM head and the
+# logits a real model's size; sampled ids beyond the tokenizer decode to nothing.
+RANDOM_MODELS = {
+    "tiny": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "num_key_value_heads": 2},  # the test-suite's tiny model
+    # Qwen2.5-0.5B's shape as a Llama: 494M parameters
+    "0.5b": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+             "num_key_value_heads": 2, "vocab_size": 151936},
+    # Llama-3.2-1B's shape: 1.24B parameters
+    "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "vocab_size": 128256},
+}
+
+
+def random_model_dir(size: str, path: str | None = None) -> str:
+    """A Llama of ``RANDOM_MODELS[size]`` with seeded random weights and the character tokenizer, saved like a
+    hub model into ``path`` (a new temporary folder if ``None``; kept as it is if it holds one already)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from lightning_dsrl.char_tokenizer import build_char_tokenizer
 
-    path = Path(tempfile.mkdtemp(prefix="bench-tiny-"))
+    target = Path(path or tempfile.mkdtemp(prefix=f"bench-{size}-"))
+    if (target / "config.json").is_file():
+        return str(target)
     tok = build_char_tokenizer()
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+    cfg = LlamaConfig(**{"vocab_size": len(tok), **RANDOM_MODELS[size]}, max_position_embeddings=4096,
                       tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))  # renamed when complete
+    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(building)  # half the disk; loaded in --dtype
+    tok.save_pretrained(building)
+    if target.exists():
+        target.rmdir()  # the empty folder mkdtemp made
+    building.rename(target)
+    return str(target)
 
 
 def local_model(args) -> str:
@@ -195,6 +224,7 @@ def run_ours(args) -> dict:
 
     module = RLModule(name_or_path=local_model(args), torch_dtype=args.dtype, learning_rate=args.lr,
                       objective=GRPO(beta=args.beta), micro_batch_size=args.micro_batch_size,
+                      share_prompt_prefix=args.share_prompt_prefix, gradient_checkpointing=args.gradient_checkpointing,
                       log_samples_every_n_steps=0)
     recorder = Recorder()  # first, so its clock includes the rollout
     rollout = RolloutCallback(rewards=[NumericAnswerReward(), FormatReward(weight=0.1)],
@@ -251,7 +281,8 @@ def run_trl(args) -> dict:
         num_generations=args.num_generations, max_completion_length=args.max_new_tokens,
         temperature=args.temperature, top_p=1.0, top_k=0, beta=args.beta, learning_rate=args.lr,
         loss_type="grpo", scale_rewards="group", num_iterations=1, max_steps=args.steps,
-        gradient_checkpointing=False, use_cpu=args.device == "cpu", bf16=args.dtype == "bfloat16", logging_steps=1,
+        gradient_checkpointing=args.gradient_checkpointing, use_cpu=args.device == "cpu",
+        bf16=args.dtype == "bfloat16", logging_steps=1,
         report_to="none", save_strategy="no", shuffle_dataset=False, seed=0,
         model_init_kwargs={"dtype": getattr(torch, args.dtype)},
     )
@@ -274,7 +305,8 @@ def run_logprob_memory(args, chunked: bool) -> dict:
 
     n = args.num_prompts * args.num_generations
     module = RLModule(name_or_path=local_model(args), torch_dtype=args.dtype, objective=GRPO(beta=args.beta),
-                      micro_batch_size=args.micro_batch_size if chunked else n)
+                      micro_batch_size=args.micro_batch_size if chunked else n,
+                      share_prompt_prefix=args.share_prompt_prefix)
     module.configure_model()
     module.to(args.device)
     tok = module.tokenizer
@@ -376,8 +408,9 @@ def run_child(args, which: str) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.smoke:
-        args.model, args.gguf_file = smoke_model_dir(), ""
+    if args.random_model and not args.only:  # built once; the contenders' processes load it through --model
+        args.model, args.gguf_file = random_model_dir(args.random_model), ""
+        args.argv += ["--model", args.model, "--gguf-file", ""]
     if args.only:
         import torch
 
