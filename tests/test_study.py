@@ -105,6 +105,7 @@ def test_a_small_study_runs_summarises_and_resumes(tmp_path, tiny_model_dir, cap
         assert result["n"] == [4, 4, 4] and len(result["problems"]) == 3 and result["cpu_s"] > 0
         expected = [sum(1 - math.comb(4 - c, k) / math.comb(4, k) for c in result["c"]) / 3 for k in (1, 2, 4)]
         assert summary["arms"][arm]["pass@k"] == pytest.approx(expected)
+        assert summary["arms"][arm]["curve_mean"][0] == pytest.approx(sum(expected) / 3)
     base, grpo = summary["arms"]["base"], summary["arms"]["grpo"]
     assert base["minus_baseline"]["mean"] == pytest.approx([b - g for b, g in zip(base["pass@k"], grpo["pass@k"])])
     assert "minus_baseline" not in grpo
