@@ -12,10 +12,19 @@ from lightning_dsrl.rewards import (
     FormatReward,
     MathReward,
     NumericAnswerReward,
+    Reward,
     RewardModule,
 )
 from lightning_dsrl.rollout import HFEngine, RolloutCallback, RolloutEngine
-from lightning_dsrl.types import LossOutput, PromptBatch, PromptRecord, RewardResult, RolloutBatch
+from lightning_dsrl.types import (
+    LossOutput,
+    PromptBatch,
+    PromptRecord,
+    RewardResult,
+    Rollout,
+    RolloutBatch,
+    TrainBatch,
+)
 
 __version__ = "0.1.0"
 
@@ -39,10 +48,13 @@ __all__ = [
     "PromptRecord",
     "R1ZeroDiv",
     "RLModule",
+    "Reward",
     "RewardModule",
     "RewardResult",
+    "Rollout",
     "RolloutBatch",
     "RolloutCallback",
     "RolloutEngine",
     "Task",
+    "TrainBatch",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+from lightning_dsrl.cli import DSRLCLI
 from lightning_dsrl.errors import ConfigError, TrainingError
 
 
@@ -18,8 +19,6 @@ def cli_main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     debug = "--debug" in argv or os.environ.get("LIGHTNING_DSRL_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    from lightning_dsrl.cli import DSRLCLI
-
     if args is None:  # LightningCLI reads sys.argv itself; giving it both draws a warning
         sys.argv[1:] = argv
     try:

@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lightning_dsrl.checkpoint_io import SafeCheckpointIO
@@ -65,7 +66,7 @@ def check_ckpt_path(ckpt_path: str | None) -> None:
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 # Checkpoints after the optimizer step are what a resume needs; Lightning's manual-optimisation advice
-# (save the pre-step weights by hand) does not apply and printed a 12-line example twice per run.
+# (save the pre-step weights by hand) does not apply here.
 warnings.filterwarnings("ignore", message=r".*Using ModelCheckpoint with manual optimization.*")
 
 
@@ -144,8 +145,6 @@ class DSRLCLI(LightningCLI):
         except ValueError as err:
             if "invalid strategy name" not in str(err):
                 raise
-            from lightning.pytorch.strategies import StrategyRegistry
-
             raise ConfigError(f"trainer.strategy={config.get('strategy')!r} is not a strategy Lightning knows; use one of "
                               f"{', '.join(sorted(StrategyRegistry))} (e.g. ddp, or fsdp2 / configs/fsdp.yaml), or a "
                               "class_path") from err

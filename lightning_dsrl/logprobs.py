@@ -16,9 +16,8 @@ completion see the prompt and its own earlier tokens only; position ids restart 
 prompt for every completion. The last prompt token's output predicts the first token of every
 completion. One forward, one graph: it works under gradient checkpointing and sharding too.
 Rows are capped at ``MAX_PACKED_TOKENS`` (the mask and the attention grow with the square of a
-row). Measured on SmolLM2-135M (4 groups of 8, prompt 80 tokens, completions 9-64 tokens,
-micro-batch 8, 2 CPU threads): reference log-probs 5.9 s -> 3.7 s, forward + backward
-18.6 s -> 11.8 s against the shared KV cache below.
+row). Preferred to the shared KV cache below where both apply: one forward instead of two, and
+no padding at all.
 
 **Shared KV cache** (other backends, or rows too long to pack): the prompt (all but its last
 token) runs once per group, its cache is expanded to the group's completions
@@ -27,7 +26,9 @@ It runs two forwards in one graph, so not under gradient checkpointing (recomput
 append to the cache twice) nor with gradient through a sharded model (the first forward's
 gathered weights are freed before its backward).
 
-Whichever of packed, cached and plain puts the fewest tokens through the model is taken.
+Whichever of packed, cached and plain puts the fewest tokens through the model is taken. Both
+ways of running a group's prompt once are what ``model.share_prompt_prefix`` turns on; generation
+shares the prompt's prefill in the engine (``HFEngine(share_prompt_prefix)``), a separate option.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from lightning_dsrl import sharding
+from lightning_dsrl.functional.groups import group_index
 from lightning_dsrl.models import cache_kwargs
-from lightning_dsrl.types import RolloutBatch
+from lightning_dsrl.types import Rollout
 
 __all__ = ["completion_logits"]
 
@@ -46,7 +48,7 @@ PACKABLE = ("sdpa", "eager")  # attention backends that take a custom 4-D mask
 MAX_PACKED_TOKENS = 2048  # longest packed row: its [T, T] mask and attention grow with the square
 
 
-def _plain(model, batch: RolloutBatch, length: int) -> Tensor:
+def _plain(model, batch: Rollout, length: int) -> Tensor:
     input_ids = torch.cat([batch.prompt_ids, batch.completion_ids[:, :-1]], dim=1)
     attention = torch.cat([batch.prompt_mask, batch.completion_mask[:, :-1]], dim=1).long()
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
@@ -55,7 +57,7 @@ def _plain(model, batch: RolloutBatch, length: int) -> Tensor:
     return out.logits[:, -length:]
 
 
-def _shared_prefix(model, batch: RolloutBatch, length: int, first: Tensor, inverse: Tensor) -> Tensor:
+def _shared_kv_cache(model, batch: Rollout, length: int, first: Tensor, inverse: Tensor) -> Tensor:
     prompt_ids = batch.prompt_ids[first]  # [U, P] one row per group
     prompt_mask = batch.prompt_mask[first].long()
     prefix_mask = prompt_mask[:, :-1]  # [U, P-1]
@@ -72,7 +74,7 @@ def _shared_prefix(model, batch: RolloutBatch, length: int, first: Tensor, inver
     return out.logits[:, -length:]
 
 
-def _packed_layout(batch: RolloutBatch, first: Tensor, inverse: Tensor, fed: Tensor, prompt_len: Tensor,
+def _packed_layout(batch: Rollout, first: Tensor, inverse: Tensor, fed: Tensor, prompt_len: Tensor,
                    row_fed: Tensor) -> tuple[Tensor, ...]:
     """Token, position and segment ids ``[U, T]`` of one row per group: its prompt (without padding),
     then the fed tokens ``completion[:-1]`` of each of its completions, right-padded; and for every
@@ -112,7 +114,7 @@ def _packed_layout(batch: RolloutBatch, first: Tensor, inverse: Tensor, fed: Ten
     return ids, positions, segments, predictor
 
 
-def _packed(model, batch: RolloutBatch, first: Tensor, inverse: Tensor, fed: Tensor, prompt_len: Tensor,
+def _packed_rows(model, batch: Rollout, first: Tensor, inverse: Tensor, fed: Tensor, prompt_len: Tensor,
             row_fed: Tensor) -> Tensor:
     ids, positions, segments, predictor = _packed_layout(batch, first, inverse, fed, prompt_len, row_fed)
     cols = ids.shape[1]
@@ -144,11 +146,11 @@ def _attention(model) -> str | None:
     return getattr(config, "_attn_implementation", None)
 
 
-def completion_logits(model, batch: RolloutBatch, share_prefix: bool = True,
+def completion_logits(model, batch: Rollout, share_prefix: bool = True,
                       max_packed_tokens: int = MAX_PACKED_TOKENS) -> Tensor:
     """``[n, L, V]`` logits whose position ``t`` predicts ``batch.completion_ids[:, t]``.
 
-    Prompts are left-padded and completions right-padded, as in :class:`RolloutBatch`;
+    Prompts are left-padded and completions right-padded, as in :class:`Rollout`;
     position ids follow the attention mask, as in generation. With ``share_prefix``, each group's
     prompt runs once, by whichever of packing and the shared KV cache puts fewer tokens through the
     model (see the module docstring); entries at padded completion positions are unspecified.
@@ -156,8 +158,8 @@ def completion_logits(model, batch: RolloutBatch, share_prefix: bool = True,
     length = batch.completion_ids.shape[1]
     if not share_prefix or batch.prompt_ids.shape[1] < 2:
         return _plain(model, batch, length)
-    labels, inverse = torch.unique(batch.group_ids, return_inverse=True)
-    n, groups = batch.num_samples, labels.numel()
+    inverse, counts = group_index(batch.group_ids)
+    n, groups = batch.num_samples, counts.numel()
     first = torch.full((groups,), n, dtype=torch.long, device=inverse.device)
     first = first.scatter_reduce(0, inverse, torch.arange(n, device=inverse.device), "amin")
     fed = (batch.completion_mask.sum(-1) - 1).clamp(min=0)  # completion[:-1]: the last token predicts nothing
@@ -167,10 +169,10 @@ def completion_logits(model, batch: RolloutBatch, share_prefix: bool = True,
     plain = n * (batch.prompt_ids.shape[1] + length - 1)
     cached = groups * (batch.prompt_ids.shape[1] - 1) + n * length
     if _attention(model) in PACKABLE and row_len <= max_packed_tokens and groups * row_len <= min(plain, cached):
-        return _packed(model, batch, first, inverse, fed, prompt_len, row_fed)
+        return _packed_rows(model, batch, first, inverse, fed, prompt_len, row_fed)
     # the cache path runs two forwards in one graph: checkpointing's recomputation would append to the cache
     # twice, and a sharded model frees the gathered weights the first forward's backward needs
     two_forwards = not _checkpointing(model) and not (torch.is_grad_enabled() and sharding.is_sharded(model))
     if groups < n and cached < plain and two_forwards:
-        return _shared_prefix(model, batch, length, first, inverse)
+        return _shared_kv_cache(model, batch, length, first, inverse)
     return _plain(model, batch, length)

@@ -1,4 +1,9 @@
-"""Exact resume: the state Lightning does not save, and a clear error for a checkpoint of another model.
+"""Checkpoints: what they leave out, the state Lightning does not save (exact resume), and a clear error
+for a checkpoint of another model.
+
+A checkpoint never holds the frozen reference model (it is rebuilt from ``name_or_path``), nor, with
+LoRA, the base weights: only the adapters (:func:`save_checkpoint_state`); it records the model spec
+and LoRA settings that ``scripts/export_merged.py`` rebuilds the model from.
 
 Lightning's checkpoint holds the weights, the optimizer and scheduler states, the loop counters
 (global step, epoch, batches seen) and the state of a stateful train dataloader (our
@@ -9,7 +14,7 @@ leaves out and a run killed at step N needs, to continue as if it had never stop
   from torch's global generator, so without them the rollouts after a resume differ;
 - the module's own minibatch-shuffle generator and its step counters (skipped steps, ...).
 
-``RLModule.on_save_checkpoint`` stores them under ``checkpoint["resume_state"]`` (gathered from
+:func:`save_checkpoint_state` stores them under ``checkpoint["resume_state"]`` (gathered from
 all ranks; plain values and tensors only, so ``weights_only=True`` loads them) and
 ``on_load_checkpoint`` puts each rank's back. ``HFEngine`` samples from torch's generators, so its
 rollouts after a resume are the uninterrupted run's, with ``weights: shared`` or ``copy``
@@ -20,6 +25,7 @@ its rollouts are valid samples but not the ones the uninterrupted run would have
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from typing import Any
@@ -27,14 +33,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_dsrl import sharding
+from lightning_dsrl import distributed, sharding
 from lightning_dsrl.errors import ConfigError
 
-__all__ = ["check_shapes", "module_state", "restore_module_state", "rng_states", "set_rng_states"]
+__all__ = ["check_checkpoint", "check_shapes", "module_state", "restore_module_state", "rng_states",
+           "save_checkpoint_state", "set_rng_states"]
 
 log = logging.getLogger(__name__)
 
-_COUNTERS = ("_skipped_steps", "_zero_signal_steps", "_rollouts_seen", "_nonfinite_in_a_row")
+# the checkpoint's keys of the module's counters (the names they had when the format was fixed)
+_COUNTERS = {"_skipped_steps": "skipped_steps", "_zero_signal_steps": "zero_signal_steps",
+             "_nonfinite_in_a_row": "nonfinite_in_a_row"}
 
 
 def rng_states() -> dict[str, Any]:
@@ -61,8 +70,9 @@ def set_rng_states(state: dict[str, Any]) -> None:
 def module_state(module) -> dict[str, Any]:
     """What ``RLModule`` adds to a checkpoint: every rank's generators (a collective: Lightning builds
     the checkpoint on every rank), the shuffle generator and the counters."""
-    state = {"rng": sharding.all_gather_objects(rng_states()), "shuffle": module._shuffle.get_state()}
-    state.update({name: getattr(module, name) for name in _COUNTERS})
+    state = {"rng": distributed.all_gather_objects(rng_states()), "shuffle": module.shuffle.get_state(),
+             "_rollouts_seen": module.rollouts_seen}
+    state.update({key: getattr(module.counters, name) for key, name in _COUNTERS.items()})
     return state
 
 
@@ -72,15 +82,16 @@ def restore_module_state(module, state: dict[str, Any] | None) -> None:
         return
     ranks = state["rng"]
     rank = module.global_rank if module._trainer is not None else 0
-    if len(ranks) != sharding.world_size():
+    if len(ranks) != distributed.world_size():
         log.warning("the checkpoint was written by %d processes and is resumed by %d: random states restart "
                     "from rank 0's, so the run will not repeat the uninterrupted one exactly", len(ranks),
-                    sharding.world_size())
+                    distributed.world_size())
         rank = 0
     set_rng_states(ranks[rank])
-    module._shuffle.set_state(state["shuffle"])
-    for name in _COUNTERS:
-        setattr(module, name, state[name])
+    module.shuffle.set_state(state["shuffle"])
+    module.rollouts_seen = state["_rollouts_seen"]
+    for key, name in _COUNTERS.items():
+        setattr(module.counters, name, state[key])
 
 
 def check_shapes(module, state_dict: dict[str, Any]) -> None:
@@ -104,3 +115,31 @@ def check_shapes(module, state_dict: dict[str, Any]) -> None:
             raise ConfigError(f"ckpt_path: the checkpoint's {key} has shape {list(saved[key])} but the model built from "
                               f"model.name_or_path={module.spec.name_or_path!r} has {list(own[key])}; the checkpoint "
                               "comes from a different model: use the run's own config (its config.yaml) with --ckpt_path")
+
+
+def save_checkpoint_state(module, checkpoint: dict[str, Any]) -> None:
+    """What ``RLModule.on_save_checkpoint`` does to the checkpoint Lightning built: the reference (and with
+    LoRA the base weights) out, the model spec, the LoRA settings and the resume state in."""
+    state = checkpoint.get("state_dict", {})
+    for key in [k for k in state if k.startswith("reference.")]:
+        del state[key]
+    if module.lora is not None:  # the base weights are rebuilt from name_or_path too: keep the adapters only
+        trainable = {f"policy.{n}" for n, p in module.policy.named_parameters() if p.requires_grad}
+        for key in [k for k in state if k.startswith("policy.") and k not in trainable]:
+            del state[key]
+    # what scripts/export_merged.py needs to rebuild the model (plain types only)
+    checkpoint["model_spec"] = dataclasses.asdict(module.spec)
+    checkpoint["lora"] = dataclasses.asdict(module.lora) if module.lora is not None else None
+    checkpoint["resume_state"] = module_state(module)  # RNG states of every rank, counters (exact resume)
+
+
+def check_checkpoint(module, checkpoint: dict[str, Any]) -> None:
+    """``ConfigError`` for a checkpoint of another model than ``module``'s config builds."""
+    # loading is not strict (the reference, and with LoRA the base weights, are absent), so a
+    # LoRA checkpoint into a full model or the reverse would load nothing: refuse it instead
+    if "model_spec" in checkpoint and (checkpoint.get("lora") is None) != (module.lora is None):
+        trained = "with" if checkpoint.get("lora") is not None else "without"
+        raise ConfigError(f"the checkpoint was trained {trained} LoRA but model.lora is "
+                          f"{'set' if module.lora is not None else 'null'}; use the run's own config "
+                          "(its config.yaml) with --ckpt_path")
+    check_shapes(module, checkpoint.get("state_dict", {}))

@@ -1,7 +1,7 @@
-"""Sharded and data-parallel training: what the module and the engines need to know about it.
+"""Sharded models: FSDP wrapping, their full weights and their gradient clipping.
 
 Lightning's strategies launch the processes and, for FSDP, call ``RLModule.configure_model``,
-where the policy (and the frozen reference) are sharded here:
+where the policy (and the frozen reference) are sharded here (:func:`shard_models`):
 
 - ``FSDP2Strategy`` (``ModelParallelStrategy`` with every process in one data-parallel mesh
   dimension): ``fully_shard`` on each decoder layer, then on the whole model, so a forward
@@ -11,15 +11,8 @@ where the policy (and the frozen reference) are sharded here:
   root forward and several forward/backward passes per step work as with a plain model.
 - DDP: nothing to do here; Lightning wraps the module and averages gradients in backward.
 
-Data parallelism is exact: the module normalises each rank's loss by the *global* minibatch
-sizes (:func:`global_totals`), so averaging gradients over ranks gives the single-process
-gradient of the union of the ranks' rollouts.
-
-Every rank must run the same collectives in the same order, or the run hangs: a forward of a
-sharded model all-gathers, a backward reduce-scatters (FSDP) or all-reduces (DDP). Where the
-number of passes depends on local data (ranks whose dynamic sampling came back short),
-:func:`passes_on_all_ranks` gives the largest count and the short ranks run extra passes whose
-loss is multiplied by zero.
+The collectives over the processes (and why every rank must run the same ones) are in
+:mod:`lightning_dsrl.distributed`.
 """
 
 from __future__ import annotations
@@ -30,28 +23,29 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.load import _METADATA_FILENAME
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, StrategyRegistry
 from torch import Tensor, nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+from torch.distributed.tensor import DTensor
 
 from lightning_dsrl.checkpoint_io import refuse_weights_only_false, tensors_only
 from lightning_dsrl.errors import ConfigError
 
 __all__ = [
     "FSDP2Strategy",
-    "all_gather_objects",
     "clip_grad_norm",
     "decoder_layers",
     "full_weights",
-    "global_totals",
     "is_fsdp1",
     "is_sharded",
-    "max_over_ranks",
-    "passes_on_all_ranks",
     "shard_fsdp2",
-    "sum_over_ranks",
-    "world_size",
+    "shard_models",
     "wrap_fsdp1",
 ]
+
 
 class FSDP2Strategy(ModelParallelStrategy):
     """Lightning's ``ModelParallelStrategy`` as plain FSDP2 data parallelism: one mesh dimension
@@ -107,8 +101,6 @@ def _read_checkpoint(path: Path) -> dict[str, Any] | None:
     if path.is_file():
         with tensors_only(path):
             return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    from torch.distributed.checkpoint import FileSystemReader
-
     with tensors_only(path / _METADATA_FILENAME):
         checkpoint = torch.load(path / _METADATA_FILENAME, map_location="cpu", weights_only=True)
     stored = FileSystemReader(path).read_metadata().state_dict_metadata
@@ -133,8 +125,6 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 def shard_fsdp2(model: nn.Module, mesh) -> nn.Module:
     """``fully_shard`` each decoder layer, then the root (embeddings, final norm, LM head)."""
-    from torch.distributed.fsdp import fully_shard
-
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
@@ -143,9 +133,6 @@ def shard_fsdp2(model: nn.Module, mesh) -> nn.Module:
 
 def wrap_fsdp1(model: nn.Module, strategy) -> nn.Module:
     """The model as its own FSDP1 root with one unit per decoder layer, with the strategy's settings."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-
     device = strategy.root_device
     return FullyShardedDataParallel(
         model,
@@ -158,15 +145,28 @@ def wrap_fsdp1(model: nn.Module, strategy) -> nn.Module:
     )
 
 
-def is_fsdp1(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FullyShardedDataParallel
+def shard_models(strategy, policy: nn.Module, reference: nn.Module | None) -> tuple[nn.Module, nn.Module | None]:
+    """The policy and the reference as ``strategy`` wants them: FSDP2 (``FSDP2Strategy`` /
+    ``ModelParallelStrategy``, sharded in place) or FSDP1 (``FSDPStrategy``, wrapped); as they are
+    for DDP or a single device."""
+    if isinstance(strategy, ModelParallelStrategy):
+        if strategy.device_mesh["tensor_parallel"].size() != 1:
+            raise ConfigError("trainer.strategy: tensor parallelism of the policy is not supported; use "
+                              "FSDP2Strategy (data_parallel over every device, tensor_parallel_size 1)")
+        for model in (policy, reference):
+            if model is not None:
+                shard_fsdp2(model, strategy.device_mesh["data_parallel"])
+    elif isinstance(strategy, FSDPStrategy):
+        policy = wrap_fsdp1(policy, strategy)
+        reference = wrap_fsdp1(reference, strategy) if reference is not None else None
+    return policy, reference
 
+
+def is_fsdp1(model: nn.Module) -> bool:
     return any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
 
 
 def _is_dtensor(t: Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
     return isinstance(t, DTensor)
 
 
@@ -182,8 +182,8 @@ def clip_grad_norm(params: list[Tensor], max_norm: float) -> float:
 
     FSDP2 gradients are ``DTensor`` shards: their norm is a partial value that ``full_tensor()``
     reduces over the ranks before the clip coefficient is formed (otherwise each rank would clip
-    with its own shard's norm). DDP gradients are already identical on every rank. FSDP1 uses
-    :func:`clip_grad_norm_fsdp1` instead.
+    with its own shard's norm). DDP gradients are already identical on every rank. FSDP1 clips its
+    own way (:func:`clip_policy_gradients`).
     """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
@@ -195,9 +195,14 @@ def clip_grad_norm(params: list[Tensor], max_norm: float) -> float:
     return float(total)
 
 
-def clip_grad_norm_fsdp1(model: nn.Module, max_norm: float) -> float:
-    """FSDP1's own clip over the flat shards of every unit (a collective)."""
-    return float(model.clip_grad_norm_(max_norm))
+def clip_policy_gradients(model: nn.Module, max_norm: float | None) -> float:
+    """Clip the gradient norm of ``model``'s parameters to ``max_norm`` (``None``: only measure it); returns
+    the norm before clipping, the same on every rank. FSDP1 clips with its own collective over the flat
+    shards of every unit."""
+    max_norm = max_norm if max_norm is not None else float("inf")
+    if is_fsdp1(model):
+        return float(model.clip_grad_norm_(max_norm))
+    return clip_grad_norm([p for p in model.parameters() if p.grad is not None], max_norm)
 
 
 def full_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
@@ -208,8 +213,6 @@ def full_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     writes them; tied weights appear under each of their names.
     """
     if is_fsdp1(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
         # FSDP1 gathers the whole state dict at once; every rank gets it (cpu_offload would keep rank 0's only)
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
         yield from state.items()
@@ -218,72 +221,8 @@ def full_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
         yield name, tensor.full_tensor() if _is_dtensor(tensor) else tensor
 
 
-# ---------------------------------------------------------------------- collectives
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def world_size() -> int:
-    return torch.distributed.get_world_size() if _distributed() else 1
-
-
-def passes_on_all_ranks(count: int, device: torch.device) -> int:
-    """The largest ``count`` over all ranks (``count`` itself in a single process)."""
-    if world_size() == 1:
-        return count
-    value = torch.tensor([count], dtype=torch.long, device=device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return int(value.item())
-
-
-def max_over_ranks(value: float, device: torch.device) -> float:
-    """The largest ``value`` over all ranks (NaN if any rank has NaN)."""
-    if world_size() == 1:
-        return value
-    values = torch.tensor(all_gather_objects(float(value)), dtype=torch.float64)
-    return float(values.max())
-
-
-def global_totals(totals: dict[str, float], device: torch.device) -> dict[str, float]:
-    """A rank's minibatch sizes (``seqs``, ``tokens``, ``correct``) replaced by the sum over ranks
-    divided by the number of ranks.
-
-    With these, rank ``r``'s loss is ``S_r / (T / W)`` for a sum ``S_r`` over its samples and a
-    global size ``T``; the gradient average over ``W`` ranks (DDP, FSDP) is then ``grad(sum_r S_r) / T``,
-    the single-process gradient of all ranks' samples, whatever the aggregation mode.
-    """
-    size = world_size()
-    if size == 1:
-        return totals
-    keys = sorted(totals)
-    values = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(values)
-    return dict(zip(keys, (values / size).tolist()))
-
-
-def sum_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Each value summed over the ranks (keys missing on a rank count as 0; ``values`` itself in one process)."""
-    if world_size() == 1:
-        return dict(values)
-    keys = sorted(set().union(*all_gather_objects(sorted(values))))
-    totals = torch.tensor([values.get(k, 0.0) for k in keys], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(totals)
-    return dict(zip(keys, totals.tolist()))
-
-
-def all_gather_objects(obj: Any) -> list[Any]:
-    """``obj`` of every rank, in rank order (``[obj]`` in a single process)."""
-    if world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
 def _register() -> None:
     """``--trainer.strategy fsdp2`` as a short name, beside Lightning's ``ddp`` and ``fsdp``."""
-    from lightning.pytorch.strategies import StrategyRegistry
-
     if "fsdp2" not in StrategyRegistry:
         StrategyRegistry.register("fsdp2", FSDP2Strategy, description="FSDP2 data parallelism (lightning_dsrl)")
 

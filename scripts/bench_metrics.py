@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from lightning_dsrl.metrics import RolloutMetrics
-from lightning_dsrl.types import RolloutBatch
+from lightning_dsrl.types import Rollout
 
 
-def synthetic_rollout(problems: int, samples: int, seed: int = 0) -> tuple[RolloutBatch, torch.Tensor]:
+def synthetic_rollout(problems: int, samples: int, seed: int = 0) -> tuple[Rollout, torch.Tensor]:
     """CountDown-like completions (``<answer>a+b*c</answer>``, ~25 characters), 30% correct."""
     rng = random.Random(seed)
     n = problems * samples
@@ -34,7 +34,7 @@ def synthetic_rollout(problems: int, samples: int, seed: int = 0) -> tuple[Rollo
         texts.append(f"<answer>{expr}</answer>")
         answers.append(expr)
     correct = torch.tensor([rng.random() < 0.3 for _ in range(n)])
-    rollout = RolloutBatch(
+    rollout = Rollout(
         prompt_ids=torch.zeros(n, 1, dtype=torch.long), prompt_mask=torch.ones(n, 1, dtype=torch.bool),
         completion_ids=torch.zeros(n, 32, dtype=torch.long), completion_mask=torch.ones(n, 32, dtype=torch.bool),
         group_ids=torch.arange(problems).repeat_interleave(samples), rewards=correct.float(), correct=correct,

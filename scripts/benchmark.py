@@ -105,9 +105,9 @@ def smoke_model_dir() -> str:
 
 def local_model(args) -> str:
     """A plain local HF directory for the model (GGUF de-quantised once, as the framework does)."""
-    from lightning_dsrl.models import ModelSpec, _local_path
+    from lightning_dsrl.models import ModelSpec, local_path
 
-    return _local_path(ModelSpec(args.model, gguf_file=args.gguf_file or None))
+    return local_path(ModelSpec(args.model, gguf_file=args.gguf_file or None))
 
 
 def task_records(args):
@@ -269,8 +269,8 @@ def run_logprob_memory(args, chunked: bool) -> dict:
 
     from lightning_dsrl.module import RLModule
     from lightning_dsrl.objectives import GRPO
-    from lightning_dsrl.rollout.padding import pad_left
-    from lightning_dsrl.types import RolloutBatch
+    from lightning_dsrl.padding import pad_left
+    from lightning_dsrl.types import Rollout
 
     n = args.num_prompts * args.num_generations
     module = RLModule(name_or_path=local_model(args), torch_dtype=args.dtype, objective=GRPO(beta=args.beta),
@@ -283,7 +283,7 @@ def run_logprob_memory(args, chunked: bool) -> dict:
     prompt_ids, prompt_mask = pad_left([tok(p, add_special_tokens=False)["input_ids"] for p in prompts], tok.pad_token_id)
     generator = torch.Generator().manual_seed(0)
     length = args.max_new_tokens
-    rollout = RolloutBatch(
+    rollout = Rollout(
         prompt_ids=prompt_ids.repeat_interleave(args.num_generations, 0),
         prompt_mask=prompt_mask.repeat_interleave(args.num_generations, 0),
         completion_ids=torch.randint(len(tok), (n, length), generator=generator),
@@ -302,9 +302,9 @@ def run_logprob_memory(args, chunked: bool) -> dict:
     seconds = now(args) - start
     peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if gpu else rss_mb("VmHWM") - before
     vocab = module.policy.get_output_embeddings().weight.shape[0]
-    return {"micro_batch_size": module.micro_batch_size, "completions": n, "seconds": seconds,
+    return {"micro_batch_size": module.update_settings.micro_batch_size, "completions": n, "seconds": seconds,
             "memory": "GPU allocated" if gpu else "RSS", "phase_peak_mb": peak,
-            "logits_mb_per_micro_batch": module.micro_batch_size * length * vocab * 4 / 2**20}
+            "logits_mb_per_micro_batch": module.update_settings.micro_batch_size * length * vocab * 4 / 2**20}
 
 
 def run_bare(args) -> dict:

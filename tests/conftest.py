@@ -91,13 +91,13 @@ def _two_completion_batch():
 
     logp_old = [[-1, -1], [-1, 0]], logp = logp_old + log([[1.5, 1], [0.5, 1]]) -> rho = 1.5, 1, 0.5
     (the position (1, 1) is padding); logp_ref = logp_old. With scale_rewards=none, A = [0.5, -0.5].
-    Returns ``(batch, logp)``, fresh on every call.
+    Returns ``(batch, logp)``, fresh on every call: a ``TrainBatch`` without group advantages yet.
     """
-    from lightning_dsrl.types import RolloutBatch
+    from lightning_dsrl.types import SamplingParams, TrainBatch
 
     logp_old = torch.tensor([[-1.0, -1.0], [-1.0, 0.0]])
     logp = logp_old + torch.log(torch.tensor([[1.5, 1.0], [0.5, 1.0]]))
-    batch = RolloutBatch(
+    batch = TrainBatch(
         prompt_ids=torch.ones(2, 1, dtype=torch.long),
         prompt_mask=torch.ones(2, 1, dtype=torch.bool),
         completion_ids=torch.ones(2, 2, dtype=torch.long),
@@ -106,7 +106,7 @@ def _two_completion_batch():
         rewards=torch.tensor([1.0, 0.0]),
         correct=torch.tensor([True, False]),
         truncated=torch.zeros(2, dtype=torch.bool),
-        max_new_tokens=4,
+        sampling=SamplingParams(max_new_tokens=4),
         logp_old=logp_old,
         logp_ref=logp_old.clone(),
     )

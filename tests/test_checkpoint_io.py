@@ -77,16 +77,14 @@ def test_remote_code_is_off_by_default(tiny_model_dir, monkeypatch):
     seen = []
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lightning_dsrl import models
-
-    for cls, name in ((AutoModelForCausalLM, "AutoModelForCausalLM"), (AutoTokenizer, "AutoTokenizer")):
+    for cls in (AutoModelForCausalLM, AutoTokenizer):
         real = cls.from_pretrained
 
         def spy(*args, _real=real, **kwargs):
             seen.append(kwargs.get("trust_remote_code", False))
             return _real(*args, **kwargs)
 
-        monkeypatch.setattr(getattr(models, name), "from_pretrained", spy)
+        monkeypatch.setattr(cls, "from_pretrained", spy)
     module = RLModule(name_or_path=tiny_model_dir)
     module.configure_model()
     assert seen and not any(seen)

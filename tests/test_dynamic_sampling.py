@@ -1,4 +1,4 @@
-"""DAPO's dynamic sampling in ``RolloutCallback.refill`` with a scripted engine and reward, so which
+"""DAPO's dynamic sampling (``rollout/dynamic.py``: ``refill``) with a scripted engine and reward, so which
 groups carry signal is known: groups with all-equal rewards are dropped and replaced by groups for
 fresh training prompts, reproducibly, until the batch is full or the retry limit is hit."""
 
@@ -14,7 +14,8 @@ from lightning_dsrl.data.datamodule import PromptDataset
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.rewards import RewardModule
 from lightning_dsrl.rollout import Generation, RolloutCallback, RolloutEngine
-from lightning_dsrl.rollout.callback import _training_records
+from lightning_dsrl.rollout.callback import training_records
+from lightning_dsrl.rollout.dynamic import refill
 from lightning_dsrl.types import PromptBatch, PromptRecord, RewardResult, RolloutBatch
 
 TOKENIZER = build_char_tokenizer()
@@ -75,11 +76,17 @@ def setup(max_resample_rounds: int = 3, batch: list[PromptRecord] | None = None,
     return callback, module, first, pool
 
 
+def run_refill(callback: RolloutCallback, module, first: RolloutBatch, pool: list[PromptRecord], step: int):
+    """``refill`` with the callback's sampler and settings, as its training hook calls it."""
+    return refill(callback.sampler, module, first, pool, callback.train_sampling, step,
+                  callback.dynamic.max_resample_rounds)
+
+
 def test_refill_replaces_groups_without_signal():
     callback, module, first, pool = setup()
     # batch p0 (live), p1, p2 (dead): one group kept, two needed; 9 fresh prompts hold 3 live ones, and
     # 3 rounds of 3 prompts see all 9, so the batch always fills
-    out, stats = callback.refill(module, first, pool, step=0)
+    out, stats = run_refill(callback, module, first, pool, 0)
     assert out.num_groups == 3 and stats["rollout/dynamic_short"] == 0.0 and stats["rollout/dynamic_kept_groups"] == 3
     prompts = [out.prompts[i] for i in range(0, out.num_samples, 3)]
     assert prompts[0] == "p0" and set(prompts[1:]) <= {"p3", "p6", "p9"} and len(set(prompts)) == 3
@@ -104,7 +111,7 @@ def test_refill_drops_all_correct_groups_and_counts_them():
                                dynamic_sampling=True, max_resample_rounds=1)
     module = SimpleNamespace(tokenizer=TOKENIZER, device=torch.device("cpu"))
     first = callback.rollout(module, PromptBatch(pool[:3]), callback.train_sampling, log_prefix=None)
-    out, stats = callback.refill(module, first, pool, step=0)
+    out, stats = run_refill(callback, module, first, pool, 0)
     assert out is first  # nothing with mixed verdicts anywhere
     assert stats["rollout/dynamic_dropped_groups"] == stats["rollout/dynamic_dropped_all_correct"] == 6.0
 
@@ -112,7 +119,7 @@ def test_refill_drops_all_correct_groups_and_counts_them():
 def test_refill_draws_from_this_ranks_share_of_the_training_set():
     pool = records(set())
     loader = SimpleNamespace(dataset=PromptDataset(pool))
-    shares = [_training_records(SimpleNamespace(train_dataloader=loader, global_rank=r, world_size=3))
+    shares = [training_records(SimpleNamespace(train_dataloader=loader, global_rank=r, world_size=3))
               for r in range(3)]
     assert [[r.uid for r in share] for share in shares] == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]]
 
@@ -140,7 +147,7 @@ def test_refill_is_reproducible_for_a_step_and_seed():
     def drawn(step: int) -> list[str]:
         torch.manual_seed(0)
         callback, module, first, pool = setup()
-        out, _ = callback.refill(module, first, pool, step=step)
+        out, _ = run_refill(callback, module, first, pool, step)
         return out.prompts
 
     assert drawn(5) == drawn(5)
@@ -150,7 +157,7 @@ def test_refill_is_reproducible_for_a_step_and_seed():
 def test_refill_short_batch_keeps_what_has_signal():
     # only p0 is live: two rounds of fresh prompts find nothing, the batch stays at 1 group
     callback, module, first, pool = setup(max_resample_rounds=2, live={0})
-    out, stats = callback.refill(module, first, pool, step=0)
+    out, stats = run_refill(callback, module, first, pool, 0)
     assert out.num_groups == 1 and out.prompts == ["p0"] * 3
     assert stats == {"rollout/dynamic_dropped_groups": 2.0 + 6.0, "rollout/dynamic_rounds": 2.0,
                      "rollout/dynamic_short": 1.0, "rollout/dynamic_kept_groups": 1.0,
@@ -160,17 +167,17 @@ def test_refill_short_batch_keeps_what_has_signal():
 
 def test_refill_without_any_signal_returns_the_original_batch():
     callback, module, first, pool = setup(max_resample_rounds=1, live=set())
-    out, stats = callback.refill(module, first, pool, step=0)
+    out, stats = run_refill(callback, module, first, pool, 0)
     assert out is first and stats["rollout/dynamic_short"] == 1.0 and stats["rollout/dynamic_kept_groups"] == 0.0
 
 
 def test_refill_with_zero_rounds_only_drops_and_stops_when_prompts_run_out():
     callback, module, first, pool = setup(max_resample_rounds=0)
-    out, stats = callback.refill(module, first, pool, step=0)
+    out, stats = run_refill(callback, module, first, pool, 0)
     assert out.prompts == ["p0"] * 3 and stats["rollout/dynamic_rounds"] == 0.0
     assert callback.engine.prompts_generated == 3
     callback, module, first, pool = setup(max_resample_rounds=3)
-    out, stats = callback.refill(module, first, pool[:3], step=0)  # no fresh prompt left to draw
+    out, stats = run_refill(callback, module, first, pool[:3], 0)  # no fresh prompt left to draw
     assert out.num_groups == 1 and stats["rollout/dynamic_rounds"] == 1.0 and stats["rollout/dynamic_short"] == 1.0
 
 
@@ -178,9 +185,9 @@ def test_training_records_come_from_the_train_dataloader():
     pool = records(set())
     trainer = SimpleNamespace(train_dataloader=SimpleNamespace(dataset=PromptDataset(pool)), global_rank=0,
                               world_size=1)
-    assert _training_records(trainer) == pool
+    assert training_records(trainer) == pool
     with pytest.raises(ConfigError, match="rollout.dynamic_sampling"):
-        _training_records(SimpleNamespace(train_dataloader=None))
+        training_records(SimpleNamespace(train_dataloader=None))
     with pytest.raises(ConfigError, match="rollout.max_resample_rounds"):
         RolloutCallback(rewards=[LiveReward()], max_resample_rounds=-1)
 
@@ -192,7 +199,7 @@ def test_concat_repads_and_keeps_groups_apart():
             completion_ids=torch.full((2, width_c), 9), completion_mask=torch.ones(2, width_c, dtype=torch.bool),
             group_ids=torch.tensor([label, label]), rewards=torch.tensor([1.0, 0.0]),
             correct=torch.tensor([True, False]), truncated=torch.zeros(2, dtype=torch.bool),
-            logp_old=torch.full((2, width_c), -1.0), completions=[f"{label}a", f"{label}b"],
+            sampler_logp=torch.full((2, width_c), -1.0), completions=[f"{label}a", f"{label}b"],
             reward_parts={"r": torch.tensor([1.0, 0.0])},
         )
 
@@ -202,7 +209,7 @@ def test_concat_repads_and_keeps_groups_apart():
     assert out.prompt_mask[:, 0].tolist() == [False, False, True, True]
     assert out.completion_ids.tolist()[2:] == [[9, 0, 0], [9, 0, 0]]  # completions padded on the right
     assert out.completion_mask.sum(-1).tolist() == [3, 3, 1, 1]
-    assert out.logp_old[2].tolist() == [-1.0, 0.0, 0.0]
+    assert out.sampler_logp[2].tolist() == [-1.0, 0.0, 0.0]
     assert out.completions == ["4a", "4b", "4a", "4b"] and out.reward_parts["r"].tolist() == [1.0, 0.0, 1.0, 0.0]
 
 
@@ -223,7 +230,7 @@ def test_a_concatenated_rollout_gives_the_same_logprobs_as_its_parts(tiny_model_
     assert parts[0].prompt_ids.shape[1] > parts[1].prompt_ids.shape[1]  # the second part is re-padded
     joined = RolloutBatch.concat(parts, pad_id=module.tokenizer.pad_token_id)
     with torch.no_grad():
-        together, _ = module.completion_logprobs(module.policy, joined)
+        together, _ = module.scorer.logprobs(module.policy, joined)
         for part, rows in zip(parts, (slice(0, 4), slice(4, 8))):
-            alone, _ = module.completion_logprobs(module.policy, part)
+            alone, _ = module.scorer.logprobs(module.policy, part)
             torch.testing.assert_close(together[rows, : alone.shape[1]], alone, atol=1e-5, rtol=1e-5)

@@ -32,7 +32,7 @@ def setup(tiny_model_dir):
 def taken(monkeypatch) -> list[str]:
     """The names of the paths ``completion_logits`` took, in call order."""
     calls: list[str] = []
-    for name in ("_packed", "_shared_prefix", "_plain"):
+    for name in ("_packed_rows", "_shared_kv_cache", "_plain"):
         original = getattr(logprobs, name)
 
         def spy(*args, _original=original, _name=name, **kwargs):
@@ -57,7 +57,7 @@ def test_prefix_sharing_equals_plain_forward(setup, taken, path):
     shuffled = rollout.select(torch.randperm(rollout.num_samples, generator=torch.Generator().manual_seed(0)))
     plain = completion_logits(module.policy, shuffled, share_prefix=False)
     shared = completion_logits(module.policy, shuffled, share_prefix=True, **PATHS[path])
-    assert taken == ["_plain", {"packed": "_packed", "cached": "_shared_prefix"}[path]]
+    assert taken == ["_plain", {"packed": "_packed_rows", "cached": "_shared_kv_cache"}[path]]
     assert_equal_on_completions(shuffled, shared, plain)
 
 
@@ -84,7 +84,7 @@ def test_packing_handles_empty_and_one_token_completions(setup, taken):
     batch = batch.__class__(**{**batch.__dict__, "completion_mask": mask})
     plain = completion_logits(module.policy, batch, share_prefix=False)
     packed = completion_logits(module.policy, batch)
-    assert taken[-1] == "_packed"
+    assert taken[-1] == "_packed_rows"
     assert_equal_on_completions(batch, packed, plain)
 
 
@@ -93,7 +93,7 @@ def test_one_completion_per_group_is_packed_without_prompt_padding(setup, taken)
     singles = rollout.select(torch.tensor([0, 4, 8]))  # one completion per group
     assert_equal_on_completions(singles, completion_logits(module.policy, singles, True),
                                 completion_logits(module.policy, singles, False))
-    assert taken == ["_packed", "_plain"]
+    assert taken == ["_packed_rows", "_plain"]
 
 
 def test_eager_attention_takes_the_additive_mask(tiny_model_dir, setup, taken):
@@ -101,7 +101,7 @@ def test_eager_attention_takes_the_additive_mask(tiny_model_dir, setup, taken):
     module = RLModule(name_or_path=tiny_model_dir, attn_implementation="eager")
     module.configure_model()
     packed = completion_logits(module.policy, rollout)
-    assert taken == ["_packed"]
+    assert taken == ["_packed_rows"]
     assert_equal_on_completions(rollout, packed, completion_logits(module.policy, rollout, share_prefix=False))
 
 
@@ -109,7 +109,7 @@ def test_backends_without_custom_masks_share_the_cache(setup, taken, monkeypatch
     module, rollout = setup
     monkeypatch.setattr(logprobs, "_attention", lambda model: "flash_attention_2")
     completion_logits(module.policy, rollout)
-    assert taken == ["_shared_prefix"]
+    assert taken == ["_shared_kv_cache"]
 
 
 def test_gradient_checkpointing_packs_but_never_uses_the_cache(tiny_model_dir, setup, taken):
@@ -121,7 +121,7 @@ def test_gradient_checkpointing_packs_but_never_uses_the_cache(tiny_model_dir, s
         logits = completion_logits(module.policy, rollout, **options)
         assert_equal_on_completions(rollout, logits, plain)
         (logits * rollout.completion_mask[..., None]).sum().backward()  # recomputation must not fail
-    assert taken == ["_plain", "_packed", "_plain"]  # the cache would be appended to twice on recomputation
+    assert taken == ["_plain", "_packed_rows", "_plain"]  # the cache would be appended to twice on recomputation
     assert all(p.grad is not None for p in module.policy.parameters())
 
 
@@ -131,6 +131,6 @@ def test_packing_under_bf16_autocast(setup, taken):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         packed = completion_logits(module.policy, rollout).float()
         plain = completion_logits(module.policy, rollout, share_prefix=False).float()
-    assert taken == ["_packed", "_plain"]
+    assert taken == ["_packed_rows", "_plain"]
     mask = rollout.completion_mask
     torch.testing.assert_close(packed[mask], plain[mask], atol=0.1, rtol=0.05)

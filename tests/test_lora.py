@@ -47,7 +47,7 @@ def rollout(tiny_model_dir):
     torch.manual_seed(0)
     rollout = callback.rollout(module, PromptBatch(records), callback.train_sampling, log_prefix=None)
     rollout.correct[::3] = True
-    rollout.rewards = rollout.correct.float()
+    rollout = rollout.replace(rewards=rollout.correct.float())
     return rollout
 
 
@@ -55,9 +55,9 @@ def test_only_adapter_weights_get_gradients(tiny_model_dir, rollout):
     module = lora_module(tiny_model_dir, objective=GRPO(beta=0.1))
     trainable = {n for n, p in module.policy.named_parameters() if p.requires_grad}
     assert trainable and all("lora_A" in n or "lora_B" in n for n in trainable)
-    prepared = module.prepare_rollout(rollout.select(torch.arange(rollout.num_samples)))
-    logp, _ = module.completion_logprobs(module.policy, prepared)
-    prepared.logp_old = logp.detach()
+    prepared = module.train_batch(rollout.select(torch.arange(rollout.num_samples)))[0]
+    logp, _ = module.scorer.logprobs(module.policy, prepared)
+    prepared = prepared.replace(logp_old=logp.detach())
     module.objective(prepared, logp).loss.backward()
     with_grad = {n for n, p in module.policy.named_parameters() if p.grad is not None}
     assert with_grad == trainable
@@ -76,9 +76,9 @@ def test_reference_logprobs_are_the_base_models_without_a_copy(tiny_model_dir, r
     batch = rollout.select(torch.arange(rollout.num_samples))
     reference = module.reference_logprobs(batch)
     base = load_model(ModelSpec(tiny_model_dir)).eval()
-    expected = module._fixed_logprobs(base, batch)
+    expected = module.scorer.per_token(base, batch, module.device)
     torch.testing.assert_close(reference, expected, atol=1e-5, rtol=1e-5)
-    adapted = module._fixed_logprobs(module.policy, batch)
+    adapted = module.scorer.per_token(module.policy, batch, module.device)
     assert (adapted - expected).abs().max() > 1e-2  # the adapters are on again afterwards
     assert module.policy.training  # and the train/eval mode is restored
 
@@ -119,7 +119,7 @@ def test_export_merged_weights_equal_the_adapted_model(tiny_model_dir, rollout, 
     assert not any("lora" in n for n, _ in merged.named_parameters())
     batch = rollout.select(torch.arange(rollout.num_samples))
     module.policy.eval()
-    torch.testing.assert_close(module._fixed_logprobs(merged, batch), module._fixed_logprobs(module.policy, batch),
+    torch.testing.assert_close(module.scorer.per_token(merged, batch, module.device), module.scorer.per_token(module.policy, batch, module.device),
                                atol=1e-4, rtol=1e-4)
     with pytest.raises(ConfigError, match="not a lightning_dsrl run checkpoint"):
         torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
@@ -152,7 +152,7 @@ def test_lora_with_gradient_checkpointing_gives_the_same_gradients(tiny_model_di
     for checkpointing in (False, True):
         module = lora_module(tiny_model_dir, gradient_checkpointing=checkpointing)
         perturb_adapters(module)
-        logp, _ = module.completion_logprobs(module.policy, rollout)
+        logp, _ = module.scorer.logprobs(module.policy, rollout)
         logp.sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in module.policy.parameters() if p.requires_grad]))
     assert grads[0].abs().sum() > 0

@@ -8,7 +8,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lightning_dsrl import models
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.models import ModelSpec, load_model, load_tokenizer, resolve_model_path
 
@@ -62,7 +61,7 @@ def test_gguf_model_is_dequantised_once_and_trainable(monkeypatch, tmp_path, smo
         assert "gguf_file" not in kwargs, "the GGUF file was converted again"
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", no_gguf)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_gguf)
     again = load_model(smollm2)
     torch.testing.assert_close(again.lm_head.weight, before)
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lightning_dsrl import models
 from lightning_dsrl.data import CountdownTask
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.models import ModelSpec, load_model, load_tokenizer
@@ -42,8 +41,8 @@ def test_bfloat16_weights_give_float32_logprobs_close_to_float32(tiny_model_dir,
     full = module_for(tiny_model_dir)
     half = module_for(tiny_model_dir, torch_dtype="bfloat16")
     assert next(half.policy.parameters()).dtype == torch.bfloat16
-    logp_half, _ = half.completion_logprobs(half.policy, rollout)
-    logp_full, _ = full.completion_logprobs(full.policy, rollout)
+    logp_half, _ = half.scorer.logprobs(half.policy, rollout)
+    logp_full, _ = full.scorer.logprobs(full.policy, rollout)
     assert logp_half.dtype == torch.float32
     # bf16 keeps 8 bits of mantissa: per-token log-probs of a 101-token vocabulary agree to ~0.05
     torch.testing.assert_close(logp_half, logp_full, atol=0.1, rtol=0.05)
@@ -54,8 +53,8 @@ def test_attention_backends_agree_under_left_padding(tiny_model_dir, rollout):
     sdpa = module_for(tiny_model_dir, attn_implementation="sdpa")
     assert eager.policy.config._attn_implementation == "eager"
     assert sdpa.policy.config._attn_implementation == "sdpa"
-    a, _ = eager.completion_logprobs(eager.policy, rollout)
-    b, _ = sdpa.completion_logprobs(sdpa.policy, rollout)
+    a, _ = eager.scorer.logprobs(eager.policy, rollout)
+    b, _ = sdpa.scorer.logprobs(sdpa.policy, rollout)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
@@ -64,7 +63,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, rollout
     for checkpointing in (False, True):
         module = module_for(tiny_model_dir, gradient_checkpointing=checkpointing)
         assert module.policy.is_gradient_checkpointing == checkpointing
-        logp, _ = module.completion_logprobs(module.policy, rollout)
+        logp, _ = module.scorer.logprobs(module.policy, rollout)
         logp.sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in module.policy.parameters()]))
     assert grads[0].abs().sum() > 0
@@ -79,13 +78,13 @@ def test_chat_template_wraps_prompts_that_ask_for_it(tiny_model_dir, tmp_path):
     tokenizer.save_pretrained(path)
     module = module_for(str(path))
     callback = RolloutCallback(rewards=[CountdownReward()], num_generations=1, max_new_tokens=4)
-    chat, plain = callback.encode_prompts(module, [PromptRecord("What is 2+3?", chat=True),
-                                                   PromptRecord("What is 2+3?", chat=False)])
+    chat, plain = callback.sampler.encode(module, [PromptRecord("What is 2+3?", chat=True),
+                                                   PromptRecord("What is 2+3?", chat=False)], max_new_tokens=4)
     assert module.tokenizer.decode(chat) == "[user] What is 2+3?\n[assistant] "
     assert module.tokenizer.decode(plain) == "What is 2+3?"
     no_template = module_for(tiny_model_dir)
     with pytest.raises(ConfigError, match="chat template"):
-        callback.encode_prompts(no_template, [PromptRecord("hi", chat=True)])
+        callback.sampler.encode(no_template, [PromptRecord("hi", chat=True)], max_new_tokens=4)
 
 
 def test_tokenizer_without_pad_token_pads_with_eos_on_the_left(tiny_model_dir, tmp_path):
@@ -110,7 +109,7 @@ def test_remote_code_is_off_unless_the_config_says_so(tiny_model_dir, monkeypatc
         seen.append(kwargs["trust_remote_code"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", spy)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
     load_model(ModelSpec(tiny_model_dir))
     load_model(ModelSpec(tiny_model_dir, trust_remote_code=True))
     assert seen == [False, True]

@@ -11,6 +11,7 @@ from lightning_dsrl.module import RLModule
 from lightning_dsrl.objectives import DSGRPO, GRPO
 from lightning_dsrl.rewards import CountdownReward
 from lightning_dsrl.rollout import RolloutCallback
+from lightning_dsrl.training_log import model_flops, throughput
 from lightning_dsrl.types import PromptBatch
 
 
@@ -28,15 +29,16 @@ def rollout_and_module(tiny_model_dir):
     torch.manual_seed(0)
     rollout = callback.rollout(module, PromptBatch(records), callback.train_sampling, log_prefix=None)
     # make the batch informative: mark a few completions correct with a reward
-    rollout.correct[::4] = True
-    rollout.rewards = rollout.correct.float()
+    correct = rollout.correct.clone()
+    correct[::4] = True
+    rollout = rollout.replace(correct=correct, rewards=correct.float())
     return rollout, module
 
 
 def test_logprobs_under_padding_equal_unpadded_forward(rollout_and_module):
     rollout, module = rollout_and_module
     assert not rollout.prompt_mask.all(), "the prompts should have different lengths"
-    batched, entropy = module.completion_logprobs(module.policy, rollout, entropy="detached")
+    batched, entropy = module.scorer.logprobs(module.policy, rollout, entropy="detached")
     for i in range(rollout.num_samples):
         prompt = rollout.prompt_ids[i][rollout.prompt_mask[i]]
         completion = rollout.completion_ids[i][rollout.completion_mask[i]]
@@ -57,11 +59,11 @@ def test_micro_batch_gradients_equal_full_batch_gradients(tiny_model_dir, rollou
     for micro_size in (rollout.num_samples, 1, 5):
         module = make_module(tiny_model_dir, objective=DSGRPO(gamma_p=0.05, gamma_n=0.05, beta=0.1,
                                                               loss_agg_mode=mode))
-        prepared = module.prepare_rollout(rollout.select(torch.arange(rollout.num_samples)))
+        prepared = module.train_batch(rollout.select(torch.arange(rollout.num_samples)))[0]
         for micro in prepared.micro_batches(micro_size):
             micro = micro.trim()
-            logp, _ = module.completion_logprobs(module.policy, micro)
-            micro.logp_old = logp.detach()
+            logp, _ = module.scorer.logprobs(module.policy, micro)
+            micro = micro.replace(logp_old=logp.detach())
             module.objective(micro, logp).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in module.policy.parameters()]))
     assert grads[0].abs().sum() > 0
@@ -72,15 +74,18 @@ def test_micro_batch_gradients_equal_full_batch_gradients(tiny_model_dir, rollou
 def test_old_logprobs_reused_only_when_one_update_per_rollout(tiny_model_dir, rollout_and_module):
     rollout, _ = rollout_and_module
     one = make_module(tiny_model_dir, objective=GRPO(beta=0.0))
-    prepared = one.prepare_rollout(rollout.select(torch.arange(rollout.num_samples)))
+    prepared = one.train_batch(rollout.select(torch.arange(rollout.num_samples)))[0]
     assert prepared.logp_old is None and prepared.logp_ref is None and one.reference is None
-    assert prepared.advantages.shape == (rollout.num_samples,)
+    # one pass: the advantages are shaped in it, from its own log-probs
+    assert prepared.group_advantages.shape == (rollout.num_samples,) and prepared.advantages is None
     two = make_module(tiny_model_dir, objective=GRPO(beta=0.1), ppo_epochs=2)
-    prepared = two.prepare_rollout(rollout.select(torch.arange(rollout.num_samples)))
-    direct, _ = two.completion_logprobs(two.policy, prepared)
+    prepared = two.train_batch(rollout.select(torch.arange(rollout.num_samples)))[0]
+    direct, _ = two.scorer.logprobs(two.policy, prepared)
     torch.testing.assert_close(prepared.logp_old, direct.detach(), atol=1e-5, rtol=1e-5)
     # before any update the reference model is the policy
     torch.testing.assert_close(prepared.logp_ref, prepared.logp_old)
+    # several passes: the shaping is done once, before them (GRPO's: none)
+    torch.testing.assert_close(prepared.advantages, prepared.group_advantages)
 
 
 def test_checkpoint_leaves_out_the_reference(tiny_model_dir):
@@ -95,9 +100,11 @@ def test_update_throughput_counts_each_groups_prompt_once(tiny_model_dir, fixed_
     module = make_module(tiny_model_dir, ppo_epochs=2)
     batch, _ = fixed_batch()  # one group: prompt of 1 token, completions of 2 and 1 tokens
     params = sum(p.numel() for p in module.policy.parameters())
-    out = module._update_throughput(batch, seconds=2.0)
+    flops_per_token, peak = model_flops(module.policy, lora=False, device=module.device)
+    assert flops_per_token == 6 * params and peak is None  # a CPU has no peak in Lightning's table
+    out = throughput(batch, 2.0, flops_per_token, passes=2, peak_flops=peak)
     assert out["timing/trained_tokens_per_s"] == pytest.approx(3 * 2 / 2.0)
     assert out["timing/update_tflops_per_s"] == pytest.approx(6 * params * (1 + 3) * 2 / 2.0 / 1e12)
-    assert "timing/update_mfu" not in out  # a CPU has no peak in Lightning's table
-    module._peak_flops = 1e12
-    assert module._update_throughput(batch, seconds=2.0)["timing/update_mfu"] == pytest.approx(6 * params * 8 / 2 / 1e12)
+    assert "timing/update_mfu" not in out
+    out = throughput(batch, 2.0, flops_per_token, passes=2, peak_flops=1e12)
+    assert out["timing/update_mfu"] == pytest.approx(6 * params * 8 / 2 / 1e12)

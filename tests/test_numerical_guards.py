@@ -22,7 +22,7 @@ from lightning_dsrl.module import RLModule
 from lightning_dsrl.objectives import DSGRPO, GRPO
 from lightning_dsrl.rewards import CountdownReward
 from lightning_dsrl.rollout import RolloutCallback
-from lightning_dsrl.types import PromptRecord, RolloutBatch
+from lightning_dsrl.types import PromptRecord, Rollout, SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 USER_CODE = Path(__file__).resolve().parent / "user_code"
@@ -68,7 +68,7 @@ def test_non_finite_steps_are_skipped_without_touching_the_weights(tmp_path, tin
     module, trainer = fit(tmp_path, tiny_model_dir, nan_objective.NaNObjective(where="grad", beta=0.0),
                           [CountdownReward()], steps=3, max_nonfinite_steps=10)
     assert trainer.global_step == 3  # skipped steps still count, so max_steps ends the run
-    assert module._skipped_steps == 3 and unchanged(module, tiny_model_dir)
+    assert module.counters.skipped_steps == 3 and unchanged(module, tiny_model_dir)
     assert not trainer.optimizers[0].state  # AdamW never stepped: no moments were created
     assert scalars(tmp_path, "train/skipped_steps") == [1.0, 2.0, 3.0]
 
@@ -78,7 +78,7 @@ def test_the_run_recovers_after_one_non_finite_step(tmp_path, tiny_model_dir, us
     # a NaN loss on the first step only
     module, trainer = fit(tmp_path, tiny_model_dir, nan_objective.NaNObjective(where="loss", nan_calls=1, beta=0.0),
                           [CountdownReward()], steps=3, max_nonfinite_steps=2)
-    assert module._skipped_steps == 1 and module._nonfinite_in_a_row == 0
+    assert module.counters.skipped_steps == 1 and module.counters.nonfinite_in_a_row == 0
     assert trainer.optimizers[0].state and not unchanged(module, tiny_model_dir)  # the later steps were taken
     assert scalars(tmp_path, "train/skipped_steps") == [1.0, 1.0, 1.0]
 
@@ -106,7 +106,7 @@ def test_a_batch_without_signal_skips_the_step(tmp_path, tiny_model_dir, user_co
     my_reward, _ = user_code
     # every completion wrong with reward 0: GRPO's advantages are all 0, and beta = 0 adds nothing
     module, trainer = fit(tmp_path, tiny_model_dir, GRPO(beta=0.0), [my_reward.ConstantReward()], steps=2)
-    assert trainer.global_step == 2 and module._zero_signal_steps == 2 and module._skipped_steps == 0
+    assert trainer.global_step == 2 and module.counters.zero_signal_steps == 2 and module.counters.skipped_steps == 0
     assert unchanged(module, tiny_model_dir) and not trainer.optimizers[0].state
     assert scalars(tmp_path, "train/zero_signal_steps") == [1.0, 2.0]
     assert scalars(tmp_path, "train/zero_signal_groups") == [1.0, 1.0]  # every group's advantages are 0
@@ -117,7 +117,7 @@ def test_ds_grpo_still_learns_from_all_wrong_groups(tmp_path, tiny_model_dir, us
     # same rewards, but DS-GRPO's advantages +gamma_n * LL(y) differ between completions
     module, _ = fit(tmp_path, tiny_model_dir, DSGRPO(gamma_p=0.05, gamma_n=0.05, beta=0.0),
                     [my_reward.ConstantReward()], steps=2)
-    assert module._zero_signal_steps == 0 and not unchanged(module, tiny_model_dir)
+    assert module.counters.zero_signal_steps == 0 and not unchanged(module, tiny_model_dir)
     # counted on the advantages trained on, not on the rewards: no group is without signal
     assert scalars(tmp_path, "train/zero_signal_groups") == [0.0, 0.0]
 
@@ -129,16 +129,16 @@ def test_logprobs_are_float32_with_bf16_weights(tiny_model_dir):
     assert module.policy.dtype == torch.bfloat16
     gen = torch.Generator().manual_seed(0)
     n, p, length, vocab = 3, 5, 7, module.policy.config.vocab_size
-    batch = RolloutBatch(
+    batch = Rollout(
         prompt_ids=torch.randint(3, vocab, (n, p), generator=gen), prompt_mask=torch.ones(n, p, dtype=torch.bool),
         completion_ids=torch.randint(3, vocab, (n, length), generator=gen),
         completion_mask=torch.ones(n, length, dtype=torch.bool), group_ids=torch.zeros(n, dtype=torch.long),
         rewards=torch.zeros(n), correct=torch.zeros(n, dtype=torch.bool), truncated=torch.zeros(n, dtype=torch.bool),
-        temperature=0.7,
+        sampling=SamplingParams(temperature=0.7),
     )
     with torch.no_grad():
-        logp, entropy = module.completion_logprobs(module.policy, batch, entropy="detached")
-        logits = completion_logits(module.policy, batch, module.share_prompt_prefix)  # the same forward
+        logp, entropy = module.scorer.logprobs(module.policy, batch, entropy="detached")
+        logits = completion_logits(module.policy, batch, module.scorer.share_prompt_prefix)  # the same forward
     assert logits.dtype == torch.bfloat16 and logp.dtype == torch.float32 and entropy.dtype == torch.float32
     exact = torch.log_softmax(logits.float() / 0.7, -1).gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(logp, exact, atol=1e-5, rtol=1e-5)
@@ -160,7 +160,7 @@ def test_advantages_never_divide_by_zero():
 
 
 # ---------------------------------------------------------------------------- degenerate rollouts
-def degenerate_rollout(module: RLModule) -> RolloutBatch:
+def degenerate_rollout(module: RLModule) -> Rollout:
     """Four completions: none at all, only EOS, one full 6-token budget, one normal."""
     eos = module.tokenizer.eos_token_id
     tok = module.tokenizer("12+3=")["input_ids"]
@@ -172,11 +172,11 @@ def degenerate_rollout(module: RLModule) -> RolloutBatch:
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, : len(row)] = True
     prompt = torch.tensor([tok] * 4)
-    return RolloutBatch(
+    return Rollout(
         prompt_ids=prompt, prompt_mask=torch.ones_like(prompt, dtype=torch.bool), completion_ids=ids,
         completion_mask=mask, group_ids=torch.tensor([0, 0, 1, 1]), rewards=torch.tensor([0.0, 1.0, 0.0, 1.0]),
         correct=torch.tensor([False, True, False, True]), truncated=torch.tensor([False, False, True, False]),
-        temperature=0.8, max_new_tokens=6,
+        sampling=SamplingParams(temperature=0.8, max_new_tokens=6),
     )
 
 
@@ -186,12 +186,12 @@ def test_empty_and_full_budget_completions_give_finite_losses(tiny_model_dir, mo
     module = RLModule(name_or_path=tiny_model_dir, objective=DSGRPO(beta=0.1, loss_agg_mode=mode,
                                                                     logprob_reduction=reduction))
     module.configure_model()
-    rollout = module.prepare_rollout(degenerate_rollout(module))
+    rollout = module.train_batch(degenerate_rollout(module))[0]
     assert torch.isfinite(rollout.logp_ref).all() and (rollout.logp_ref[0] == 0).all()
     for micro in rollout.micro_batches(2):
         micro = micro.trim()
-        logp, _ = module.completion_logprobs(module.policy, micro)
-        micro.logp_old = logp.detach()
+        logp, _ = module.scorer.logprobs(module.policy, micro)
+        micro = micro.replace(logp_old=logp.detach())
         out = module.objective(micro, logp)
         assert torch.isfinite(out.loss)
         out.loss.backward()
@@ -205,10 +205,10 @@ def test_prompts_are_cut_to_fit_the_model_context(tiny_model_dir):
     assert module.policy.config.max_position_embeddings == 512
     long = PromptRecord("7" * 600 + "\nTarget: 7\n")
     callback = RolloutCallback(rewards=[CountdownReward()], max_new_tokens=8)
-    ids = callback.encode_prompts(module, [long, PromptRecord("short")])
-    assert len(ids[0]) == 512 - 8 and callback.prompts_truncated == 1  # the context minus the generation budget
+    ids = callback.sampler.encode(module, [long, PromptRecord("short")], max_new_tokens=8)
+    assert len(ids[0]) == 512 - 8 and callback.sampler.prompts_truncated == 1  # the context minus the budget
     assert module.tokenizer.decode(ids[0]).endswith("\nTarget: 7\n")  # the end of the prompt is kept
     assert len(RolloutCallback(rewards=[CountdownReward()], max_new_tokens=8, max_prompt_tokens=100)
-               .encode_prompts(module, [long])[0]) == 100  # a smaller rollout.max_prompt_tokens wins
+               .sampler.encode(module, [long], max_new_tokens=8)[0]) == 100  # a smaller rollout.max_prompt_tokens wins
     with pytest.raises(ConfigError, match=r"rollout.max_new_tokens=512 leaves no room for the prompt"):
-        RolloutCallback(rewards=[CountdownReward()], max_new_tokens=512).encode_prompts(module, [long])
+        RolloutCallback(rewards=[CountdownReward()], max_new_tokens=512).sampler.encode(module, [long], 512)

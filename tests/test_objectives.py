@@ -34,8 +34,8 @@ T10 = 0.4 + 0.1 * (2 - LN(2) - 1)
 def test_grpo_loss_hand_computed(mode, expected, fixed_batch):
     batch, logp = fixed_batch()
     objective = GRPO(beta=0.1, epsilon_low=0.2, scale_rewards="none", loss_agg_mode=mode)
-    batch.advantages = objective.group_advantages(batch)
-    assert batch.advantages.tolist() == [0.5, -0.5]
+    batch = batch.replace(group_advantages=objective.group_advantages(batch))
+    assert batch.group_advantages.tolist() == [0.5, -0.5]
     out = objective(batch, logp)
     assert float(out.loss) == pytest.approx(expected, abs=1e-6)
     assert float(out.metrics["clip_fraction"]) == pytest.approx(2 / 3)  # (0,0) and (1,0) are clipped
@@ -45,7 +45,7 @@ def test_grpo_loss_hand_computed(mode, expected, fixed_batch):
 def test_ds_grpo_advantages_hand_computed(fixed_batch):
     batch, logp = fixed_batch()
     objective = DSGRPO(gamma_p=0.1, gamma_n=0.2, scale_rewards="none", beta=0.0)
-    batch.advantages = objective.group_advantages(batch)
+    batch = batch.replace(group_advantages=objective.group_advantages(batch))
     # LL_old: seq0 = -2 (correct), seq1 = -1 (incorrect): .5 - .1*(-2) = .7 ; -.5 + .2*(-1) = -.7
     torch.testing.assert_close(objective.advantages(batch), torch.tensor([0.7, -0.7]))
     mean = DSGRPO(gamma_p=0.1, gamma_n=0.2, scale_rewards="none", logprob_reduction="mean", beta=0.0)
@@ -58,10 +58,10 @@ def test_ds_grpo_advantages_hand_computed(fixed_batch):
 
 def test_ds_grpo_reference_smoothing_uses_logp_ref(fixed_batch):
     batch, _ = fixed_batch()
-    batch.logp_ref = torch.tensor([[-3.0, -3.0], [-5.0, 0.0]])
+    batch = batch.replace(logp_ref=torch.tensor([[-3.0, -3.0], [-5.0, 0.0]]))
     objective = DSGRPO(gamma_p=0.1, gamma_n=0.1, smoothing_model="reference", scale_rewards="none", beta=0.0)
     assert objective.needs_reference
-    batch.advantages = objective.group_advantages(batch)
+    batch = batch.replace(group_advantages=objective.group_advantages(batch))
     # LL_ref: -6 (correct) and -5 (incorrect): .5 + .6 = 1.1 ; -.5 - .5 = -1.0
     torch.testing.assert_close(objective.advantages(batch), torch.tensor([1.1, -1.0]))
 
@@ -71,7 +71,7 @@ def test_ds_grpo_with_zero_gamma_equals_grpo(mode, fixed_batch):
     batch, logp = fixed_batch()
     grpo = GRPO(beta=0.05, loss_agg_mode=mode)
     ds = DSGRPO(gamma_p=0.0, gamma_n=0.0, beta=0.05, loss_agg_mode=mode)
-    batch.advantages = grpo.group_advantages(batch)
+    batch = batch.replace(group_advantages=grpo.group_advantages(batch))
     lp1, lp2 = logp.clone().requires_grad_(), logp.clone().requires_grad_()
     l1, l2 = grpo(batch, lp1).loss, ds(batch, lp2).loss
     l1.backward()
@@ -84,9 +84,9 @@ def test_rho_one_gives_the_reinforce_gradient(fixed_batch):
     """ppo_epochs = 1: logp_old = logp.detach(), so d loss / d logp = -A_i / |y_i| / N (seq-mean-token-mean)."""
     batch, logp = fixed_batch()
     objective = GRPO(beta=0.0, scale_rewards="none")
-    batch.advantages = objective.group_advantages(batch)
+    batch = batch.replace(group_advantages=objective.group_advantages(batch))
     lp = logp.clone().requires_grad_()
-    batch.logp_old = lp.detach()
+    batch = batch.replace(logp_old=lp.detach())
     objective(batch, lp).loss.backward()
     torch.testing.assert_close(lp.grad, torch.tensor([[-0.5 / 2 / 2, -0.5 / 2 / 2], [0.5 / 1 / 2, 0.0]]))
 

@@ -11,7 +11,7 @@ import torch
 from lightning_dsrl import functional as F
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.objectives import GRPO, EntropyGRPO, PassAtKTraining, R1ZeroDiv
-from lightning_dsrl.types import RolloutBatch
+from lightning_dsrl.types import TrainBatch
 
 LN = math.log
 
@@ -37,7 +37,7 @@ def test_entropy_token_level_hand_computed(coef, fixed_batch):
     grpo = GRPO(beta=0.0, scale_rewards="none")
     objective = EntropyGRPO(entropy_coef=coef, level="token", beta=0.0, scale_rewards="none")
     assert objective.needs_entropy
-    batch.advantages = grpo.group_advantages(batch)
+    batch = batch.replace(group_advantages=grpo.group_advantages(batch))
     base, base_grad, _ = loss_and_grads(grpo, batch, logp)
     out, grad, entropy_grad = loss_and_grads(objective, batch, logp, ENTROPY)
     # H = token mean over the 3 real tokens = (1 + 2 + .5) / 3 = 7/6; the term is -coef * 7/6
@@ -52,12 +52,12 @@ def test_entropy_sequence_level_hand_computed(fixed_batch):
     batch, logp = fixed_batch()
     objective = EntropyGRPO(entropy_coef=0.1, level="sequence", beta=0.0, scale_rewards="none")
     assert not objective.needs_entropy
-    batch.advantages = objective.group_advantages(batch)
+    batch = batch.replace(group_advantages=objective.group_advantages(batch))
     # LL_old = [-2, -1]; A' = A - .1 * LL = [.5 + .2, -.5 + .1] = [.7, -.4]: every completion gets a bonus
     torch.testing.assert_close(objective.advantages(batch), torch.tensor([0.7, -0.4]))
     # the same as differential smoothing with gamma_p = c and gamma_n = -c (the sign pattern is the only difference)
     torch.testing.assert_close(objective.advantages(batch),
-                               F.ds_advantages(batch.advantages, batch.correct, torch.tensor([-2.0, -1.0]), 0.1, -0.1))
+                               F.ds_advantages(batch.group_advantages, batch.correct, torch.tensor([-2.0, -1.0]), 0.1, -0.1))
     out = objective(batch, logp)
     assert float(out.metrics["entropy_reg/shaping"]) == pytest.approx((0.2 + 0.1) / 2)
     penalty = EntropyGRPO(entropy_coef=-0.1, level="sequence", logprob_reduction="mean", beta=0.0,
@@ -72,7 +72,7 @@ def test_entropy_coef_zero_equals_grpo(level, fixed_batch):
     grpo = GRPO(beta=0.05)
     objective = EntropyGRPO(entropy_coef=0.0, level=level, beta=0.05)
     assert not objective.needs_entropy
-    batch.advantages = grpo.group_advantages(batch)
+    batch = batch.replace(group_advantages=grpo.group_advantages(batch))
     a, grad_a, _ = loss_and_grads(grpo, batch, logp)
     b, grad_b, _ = loss_and_grads(objective, batch, logp, ENTROPY)
     assert float(a.loss) == pytest.approx(float(b.loss))
@@ -101,7 +101,7 @@ def test_r1_zero_div_sampled_hand_computed(apply_to, normalizer, term, fixed_bat
     objective = R1ZeroDiv(diversity_coef=0.1, apply_to=apply_to, normalizer=normalizer, beta=0.0,
                           scale_rewards="none")
     assert not objective.needs_entropy
-    batch.advantages = grpo.group_advantages(batch)
+    batch = batch.replace(group_advantages=grpo.group_advantages(batch))
     base = grpo(batch, logp)
     out = objective(batch, logp)
     assert float(out.loss) == pytest.approx(float(base.loss) + term, abs=1e-6)
@@ -113,7 +113,7 @@ def test_r1_zero_div_exact_estimator_hand_computed(fixed_batch):
     batch, logp = fixed_batch()
     objective = R1ZeroDiv(diversity_coef=0.1, estimator="exact", beta=0.0, scale_rewards="none")
     assert objective.needs_entropy
-    batch.advantages = objective.group_advantages(batch)
+    batch = batch.replace(group_advantages=objective.group_advantages(batch))
     base = GRPO(beta=0.0, scale_rewards="none")(batch, logp)
     out, _, entropy_grad = loss_and_grads(objective, batch, logp, ENTROPY)
     # positive seq 0: D_0 = (1 + 2) / 2 = 1.5, G = 2 -> term -.1 * 1.5 / 2 = -.075;
@@ -125,7 +125,7 @@ def test_r1_zero_div_exact_estimator_hand_computed(fixed_batch):
 def test_r1_zero_div_lambda_zero_equals_grpo(fixed_batch):
     batch, logp = fixed_batch()
     grpo = GRPO(beta=0.05)
-    batch.advantages = grpo.group_advantages(batch)
+    batch = batch.replace(group_advantages=grpo.group_advantages(batch))
     a, grad_a, _ = loss_and_grads(grpo, batch, logp)
     b, grad_b, _ = loss_and_grads(R1ZeroDiv(diversity_coef=0.0, beta=0.05), batch, logp)
     assert float(a.loss) == pytest.approx(float(b.loss))
@@ -134,9 +134,9 @@ def test_r1_zero_div_lambda_zero_equals_grpo(fixed_batch):
 
 def test_r1_zero_div_without_positives_adds_nothing(fixed_batch):
     batch, logp = fixed_batch()
-    batch.correct = torch.tensor([False, False])
+    batch = batch.replace(correct=torch.tensor([False, False]))
     objective = R1ZeroDiv(diversity_coef=0.1, beta=0.0)
-    batch.advantages = objective.group_advantages(batch)
+    batch = batch.replace(group_advantages=objective.group_advantages(batch))
     assert float(objective(batch, logp).loss) == pytest.approx(float(GRPO(beta=0.0)(batch, logp).loss))
 
 
@@ -147,16 +147,16 @@ def test_r1_zero_div_gradient_raises_tokens_below_one_over_e():
     rest = (1 - probs) / 2  # two other tokens share the rest: rows are [p, rest, rest]
     logits = torch.log(torch.stack([probs, rest, rest], dim=-1)).requires_grad_()  # [4, 3]
     tokens = torch.zeros(1, 4, dtype=torch.long)
-    batch = RolloutBatch(
+    batch = TrainBatch(
         prompt_ids=torch.ones(1, 1, dtype=torch.long), prompt_mask=torch.ones(1, 1, dtype=torch.bool),
         completion_ids=tokens, completion_mask=torch.ones(1, 4, dtype=torch.bool), group_ids=torch.tensor([0]),
         rewards=torch.tensor([1.0]), correct=torch.tensor([True]), truncated=torch.zeros(1, dtype=torch.bool),
-        advantages=torch.zeros(1),  # isolate the diversity term: no policy-gradient signal
+        group_advantages=torch.zeros(1),  # isolate the diversity term: no policy-gradient signal
     )
     objective = R1ZeroDiv(diversity_coef=1.0, beta=0.0)
     logp = torch.log_softmax(logits, -1).gather(-1, tokens.view(4, 1)).view(1, 4)
     logp.retain_grad()
-    batch.logp_old = logp.detach()
+    batch = batch.replace(logp_old=logp.detach())
     objective(batch, logp).loss.backward()
     # lambda = 1, T = 4, G = |P| = 1
     torch.testing.assert_close(logp.grad, (1 + probs.log()).view(1, 4) / 4)
@@ -168,13 +168,13 @@ def test_r1_zero_div_gradient_raises_tokens_below_one_over_e():
 def test_r1_zero_div_micro_batches_add_up_to_the_minibatch_term(fixed_batch):
     batch, logp = fixed_batch()
     # two groups, four completions, two of them correct, in different micro-batches
-    two = RolloutBatch.concat([batch, batch])
-    two.advantages = GRPO().group_advantages(two)
+    two = TrainBatch.concat([batch, batch])
+    two = two.replace(group_advantages=GRPO().group_advantages(two))
     logp2 = torch.cat([logp, logp])
     objective = R1ZeroDiv(diversity_coef=0.1, beta=0.0)
     full = float(objective(two, logp2).loss)
     # micro-batches of one completion (consecutive rows): the normaliser (4 completions) comes from
-    # the minibatch totals
+    # the minibatch sizes
     parts = sum(float(objective(micro, logp2[i : i + 1]).loss) for i, micro in enumerate(two.micro_batches(1)))
     assert parts == pytest.approx(full, abs=1e-6)
     assert float(objective(two, logp2).metrics["div/num_used"]) == 2
@@ -187,11 +187,11 @@ def test_r1_zero_div_micro_batches_add_up_to_the_minibatch_term(fixed_batch):
 
 
 # ------------------------------------------------------------------ pass@k training
-def passk_batch() -> RolloutBatch:
+def passk_batch() -> TrainBatch:
     # three groups of 4 (labels unsorted): one correct, all but one correct, two correct
     correct = torch.tensor([1, 0, 0, 0, 1, 1, 1, 0, 1, 0, 1, 0], dtype=torch.bool)
     n = correct.numel()
-    return RolloutBatch(
+    return TrainBatch(
         prompt_ids=torch.ones(n, 1, dtype=torch.long), prompt_mask=torch.ones(n, 1, dtype=torch.bool),
         completion_ids=torch.ones(n, 2, dtype=torch.long), completion_mask=torch.ones(n, 2, dtype=torch.bool),
         group_ids=torch.tensor([7] * 4 + [2] * 4 + [5] * 4), rewards=correct.float() + 0.1,
@@ -202,7 +202,7 @@ def passk_batch() -> RolloutBatch:
 def test_passk_training_hand_computed():
     batch = passk_batch()
     objective = PassAtKTraining(k=2, beta=0.0)
-    advantages = objective.group_advantages(batch)
+    advantages, group_metrics = objective.rollout_advantages(batch)
     # group 7: N=4, N_neg=3: R = 1 - C(3,2)/C(4,2) = 1/2, sigma = 1/2; A_pos = 1, A_neg = (1/2 - 2/3)/(1/2) = -1/3
     # group 2: N_neg=1 < k: every pair holds a correct sample, R = 1, sigma = 0 -> all 0
     # group 5: N_neg=2: R = 1 - 1/6 = 5/6, sigma = sqrt(5)/6 = .372678;
@@ -210,10 +210,11 @@ def test_passk_training_hand_computed():
     s = math.sqrt(5) / 6
     expected = [1, -1 / 3, -1 / 3, -1 / 3, 0, 0, 0, 0, 1 / 6 / s, -1 / 6 / s, 1 / 6 / s, -1 / 6 / s]
     torch.testing.assert_close(advantages, torch.tensor(expected), atol=1e-5, rtol=1e-5)
-    batch.advantages = advantages
+    # the group statistics, once per rollout
+    assert float(group_metrics["passk/group_reward"]) == pytest.approx((1 / 2 + 1 + 5 / 6) / 3)
+    assert float(group_metrics["passk/zero_signal_groups"]) == pytest.approx(1 / 3)
+    batch = batch.replace(group_advantages=advantages)
     out = objective(batch, batch.logp_old.clone())
-    assert float(out.metrics["passk/group_reward"]) == pytest.approx((1 / 2 + 1 + 5 / 6) / 3)
-    assert float(out.metrics["passk/zero_signal_groups"]) == pytest.approx(1 / 3)
     # rho = 1 and seq-mean-token-mean: loss = -mean_i A_i = -(1 - 1 + 0 + 0) / 12 = 0
     assert float(out.loss) == pytest.approx(0.0, abs=1e-6)
 

@@ -22,8 +22,8 @@ def rollout(tiny_model_dir):
     records = CountdownTask(num_train=3, num_val=1, max_number=30, max_target=200, seed=3).records("train")
     torch.manual_seed(0)
     out = callback.rollout(module, PromptBatch(records), callback.train_sampling, log_prefix=None)
-    out.correct = torch.tensor([True, False, False, True, False, True, False, False, True, True, True, False])
-    out.rewards = out.correct.float()  # the random model is never right: mark some completions correct
+    out = out.replace(correct=torch.tensor([True, False, False, True, False, True, False, False, True, True, True, False]))
+    out = out.replace(rewards=out.correct.float())  # the random model is never right: mark some completions correct
     return out
 
 
@@ -31,12 +31,12 @@ def policy_grad(model_dir, objective, rollout, micro_size: int) -> torch.Tensor:
     """The policy gradient of one minibatch, accumulated over micro-batches as ``RLModule.update`` does."""
     module = RLModule(name_or_path=model_dir, objective=objective)
     module.configure_model()
-    prepared = module.prepare_rollout(rollout.select(torch.arange(rollout.num_samples)))
+    prepared = module.train_batch(rollout.select(torch.arange(rollout.num_samples)))[0]
     for micro in prepared.micro_batches(micro_size):
         micro = micro.trim()
         mode = "grad" if objective.needs_entropy else "detached"
-        logp, entropy = module.completion_logprobs(module.policy, micro, mode)
-        micro.logp_old = logp.detach()  # ppo_epochs = 1: rho == 1
+        logp, entropy = module.scorer.logprobs(module.policy, micro, mode)
+        micro = micro.replace(logp_old=logp.detach())  # ppo_epochs = 1: rho == 1
         out = objective(micro, logp, entropy)
         assert float(out.metrics["ratio_mean"]) == 1.0 and float(out.metrics["clip_fraction"]) == 0.0
         out.loss.backward()

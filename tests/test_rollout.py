@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from lightning_dsrl.data import CountdownTask
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.module import RLModule
-from lightning_dsrl.rewards import CountdownReward, FormatReward
-from lightning_dsrl.rollout import HFEngine, RolloutCallback, SamplingParams
-from lightning_dsrl.rollout.callback import pad_left, pad_right
+from lightning_dsrl.padding import pad_left, pad_right
+from lightning_dsrl.rewards import CompositeReward, CountdownReward, FormatReward
+from lightning_dsrl.rollout import HFEngine, RolloutCallback, Sampler, SamplingParams
 from lightning_dsrl.types import PromptBatch
 
 
@@ -135,7 +138,7 @@ def test_stop_strings_match_like_generate_with_overhanging_tokens():
         tokenizer = Words()
 
     engine = HFEngine()
-    engine.module = Bound()
+    engine.owner = Bound()
     w = {word: i for i, word in enumerate(Words.vocab)}
 
     def hits(*words, prompt=()):
@@ -176,8 +179,9 @@ def test_callback_builds_a_scored_rollout_batch(module):
 
 def test_callback_truncates_long_prompts_and_rejects_bad_settings(module):
     callback = RolloutCallback(rewards=[FormatReward()], max_prompt_tokens=4)
-    ids = callback.encode_prompts(module, CountdownTask(num_train=2, num_val=1, max_number=10).records("train"))
-    assert all(len(i) == 4 for i in ids) and callback.prompts_truncated == 2
+    ids = callback.sampler.encode(module, CountdownTask(num_train=2, num_val=1, max_number=10).records("train"),
+                                  max_new_tokens=64)
+    assert all(len(i) == 4 for i in ids) and callback.sampler.prompts_truncated == 2
     with pytest.raises(ConfigError, match="rewards is empty"):
         RolloutCallback(rewards=[])
     with pytest.raises(ConfigError, match="temperature"):
@@ -190,3 +194,18 @@ def test_callback_truncates_long_prompts_and_rejects_bad_settings(module):
     callback = RolloutCallback(rewards=[FormatReward()], val_top_p=0.9, val_top_k=5)
     assert (callback.val_sampling.top_p, callback.val_sampling.top_k) == (0.9, 5)
     assert (callback.train_sampling.top_p, callback.train_sampling.top_k) == (1.0, 0)
+
+
+def test_the_sampler_runs_without_lightning(module):
+    """The sampler alone, on an owner that is no LightningModule: a frozen rollout and what drawing it took."""
+    owner = SimpleNamespace(policy=module.policy, tokenizer=module.tokenizer, device=torch.device("cpu"))
+    sampler = Sampler(HFEngine(), CompositeReward([CountdownReward(), FormatReward(weight=0.1)]))
+    records = CountdownTask(num_numbers=3, max_number=10, num_train=8, num_val=2).records("train")[:2]
+    sampling = SamplingParams(n=3, max_new_tokens=6)
+    torch.manual_seed(0)
+    rollout, stats = sampler.sample(owner, records, sampling)
+    assert rollout.num_groups == 2 and rollout.num_samples == 6 and rollout.sampling is sampling
+    assert stats.generated_tokens == int(rollout.completion_mask.sum()) and stats.reward_errors == 0
+    assert stats.prompts_truncated == 0 and stats.generate_seconds > 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rollout.rewards = torch.zeros(6)

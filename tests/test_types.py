@@ -1,17 +1,21 @@
-"""RolloutBatch slicing: select, minibatches, micro-batches that remember their totals, trim."""
+"""Rollout / TrainBatch slicing: select, minibatches, micro-batches that remember their minibatch's sizes,
+trim; and records that cannot be changed in place."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
-from lightning_dsrl.types import RolloutBatch
+from lightning_dsrl.types import TrainBatch
 
 
-def make_batch() -> RolloutBatch:
+def make_batch() -> TrainBatch:
     # 4 completions (2 groups of 2); prompt widths 2 and 3 (left-padded to 3); completion lengths 1, 3, 2, 1
     prompt_mask = torch.tensor([[0, 1, 1], [0, 1, 1], [1, 1, 1], [1, 1, 1]], dtype=torch.bool)
     completion_mask = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
-    return RolloutBatch(
+    return TrainBatch(
         prompt_ids=torch.arange(12).view(4, 3) * prompt_mask,
         prompt_mask=prompt_mask,
         completion_ids=torch.arange(16).view(4, 4) * completion_mask,
@@ -41,13 +45,23 @@ def test_minibatches_partition_the_batch():
     assert sorted(sum((p.completions for p in shuffled), [])) == sorted(batch.completions)
 
 
-def test_micro_batches_carry_the_totals_of_their_minibatch():
+def test_micro_batches_carry_the_sizes_of_their_minibatch():
     batch = make_batch()
     micros = batch.micro_batches(3)
     assert [m.num_samples for m in micros] == [3, 1]
     for micro in micros:
-        assert micro.total("seqs") == 4 and micro.total("tokens") == 7 and micro.total("correct") == 3
-    assert batch.total("tokens") == 7  # a batch that was not split answers with its own sizes
+        assert micro.minibatch_size("seqs") == 4 and micro.minibatch_size("tokens") == 7
+        assert micro.minibatch_size("correct") == 3 and micro.total("correct") == 3  # total: the old name
+    assert batch.minibatch_size("tokens") == 7  # a batch that was not split answers with its own sizes
+    assert micros[0].select([0]).minibatch_size("seqs") == 1  # a selection is a batch of its own
+
+
+def test_records_are_not_changed_in_place():
+    batch = make_batch()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        batch.rewards = torch.zeros(4)
+    changed = batch.replace(rewards=torch.zeros(4))
+    assert changed.rewards.sum() == 0 and batch.rewards.sum() == 3
 
 
 def test_trim_drops_all_padding_columns():

@@ -1,6 +1,6 @@
 """``RLModule.update`` against an independent loop written out here in plain PyTorch.
 
-The reference knows nothing of the module's machinery (packed rows, micro-batches, totals, hooks): it
+The reference knows nothing of the module's machinery (packed rows, micro-batches, minibatch sizes, hooks): it
 runs one plain forward per completion, writes DS-GRPO's loss from ALGORITHMS.md (group advantages,
 the smoothing, the clipped surrogate, the k3 KL, seq-mean-token-mean, truncated importance weights)
 and steps AdamW. Both see the same rollout and the same minibatch order; every optimizer step's
@@ -38,12 +38,12 @@ def rollout(tiny_model_dir) -> RolloutBatch:
     records = CountdownTask(num_train=4, num_val=1, max_number=30, max_target=200, seed=5).records("train")
     torch.manual_seed(0)
     out = callback.rollout(module, PromptBatch(records), callback.train_sampling, log_prefix=None)
-    out.correct = torch.tensor([1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 1], dtype=torch.bool)
-    out.rewards = out.correct.float() + 0.1
+    out = out.replace(correct=torch.tensor([1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 1], dtype=torch.bool))
+    out = out.replace(rewards=out.correct.float() + 0.1)
     with torch.no_grad():
-        logp, _ = module.completion_logprobs(module.policy, out)
+        logp, _ = module.scorer.logprobs(module.policy, out)
     noise = torch.randn(logp.shape, generator=torch.Generator().manual_seed(1)) * 0.3
-    out.sampler_logp = (logp + noise) * out.completion_mask
+    out = out.replace(sampler_logp=(logp + noise) * out.completion_mask)
     return out
 
 
@@ -126,8 +126,8 @@ def module_update(model_dir: str, rollout: RolloutBatch, micro_batch_size: int):
     module.optimizers = lambda: optimizer
     module.lr_schedulers = lambda: scheduler["scheduler"]
     module.manual_backward = lambda loss: loss.backward()
-    prepared = module.prepare_rollout(rollout.select(torch.arange(rollout.num_samples)))
-    metrics = module.update(prepared)
+    prepared, batch_metrics = module.train_batch(rollout)
+    metrics = module.update(prepared, batch_metrics).metrics
     return steps, metrics
 
 

@@ -5,6 +5,7 @@ correction in the module, and a real vLLM run marked ``gpu``."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.machinery
 import importlib.util
 import sys
@@ -24,6 +25,7 @@ from lightning_dsrl.objectives import GRPO
 from lightning_dsrl.rewards import CountdownReward
 from lightning_dsrl.rollout import HFEngine, RolloutCallback, SamplingParams, VLLMEngine
 from lightning_dsrl.types import PromptBatch
+from lightning_dsrl.update import StepCounters, update
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,43 +153,49 @@ def rollout_and_module(tiny_model_dir):
     records = CountdownTask(num_train=2, num_val=1, seed=3).records("train")
     torch.manual_seed(0)
     rollout = cb.rollout(module, PromptBatch(records), cb.train_sampling, log_prefix=None)
-    rollout.rewards = torch.arange(rollout.num_samples, dtype=torch.float32) % 2  # a reward spread in each group
+    rollout = rollout.replace(rewards=torch.arange(rollout.num_samples, dtype=torch.float32) % 2)  # a reward spread in each group
     return rollout, module
 
 
-def policy_grad(module, rollout) -> tuple[torch.Tensor, float]:
-    """The policy gradient of one GRPO loss on ``rollout`` (with the module's tis_cap), and the logged diff."""
+def policy_grad(module, rollout, tis_cap: float | None) -> tuple[torch.Tensor, float]:
+    """The policy gradient of one GRPO update on ``rollout`` with ``tis_cap`` (unclipped; recorded where the
+    optimizer would step, so the weights stay as they are), and the logged log-prob difference."""
     module.policy.zero_grad()
-    module._logprob_diff = [0.0, 0.0]
-    batch = module.prepare_rollout(rollout)  # advantages
-    logp, _ = module.completion_logprobs(module.policy, batch, "none")
-    batch.logp_old = logp.detach()
-    module._sampler_correction(batch, count=True)
-    module.objective(batch, logp, None).loss.backward()
-    grad = torch.cat([p.grad.flatten() for p in module.policy.parameters() if p.grad is not None])
-    return grad, module._logprob_diff[0] / module._logprob_diff[1]
+    batch, _ = module.train_batch(rollout)
+    grads = []
+
+    class Recorder:  # in place of AdamW
+        def step(self):
+            grads.append(torch.cat([p.grad.flatten() for p in module.policy.parameters() if p.grad is not None]))
+
+        def zero_grad(self, set_to_none=True):
+            module.policy.zero_grad(set_to_none=set_to_none)
+
+    settings = dataclasses.replace(module.update_settings, tis_cap=tis_cap, max_grad_norm=None)
+    stats = update(batch, objective=module.objective, policy=module.policy, scorer=module.scorer, settings=settings,
+                   optimizer=Recorder(), scheduler=SimpleNamespace(step=lambda: None),
+                   backward=lambda loss: loss.backward(), on_all_ranks=lambda ok: ok, counters=StepCounters(),
+                   shuffle=torch.Generator(), device=module.device)
+    return grads[0], stats.logprob_diff
 
 
 def test_truncated_importance_weights_scale_the_policy_gradient(rollout_and_module):
     rollout, module = rollout_and_module
     with torch.no_grad():
-        logp, _ = module.completion_logprobs(module.policy, rollout)
+        logp, _ = module.scorer.logprobs(module.policy, rollout)
     mask = rollout.completion_mask
-    module.tis_cap = None
-    rollout.sampler_logp = logp.clone()
-    plain, diff = policy_grad(module, rollout)
+    rollout = rollout.replace(sampler_logp=logp.clone())
+    plain, diff = policy_grad(module, rollout, None)
     assert diff == pytest.approx(0.0, abs=1e-6) and plain.abs().sum() > 0
     # the engine thought every token 10 nats less likely: w = min(exp(10), cap 2) = 2 doubles the gradient
-    module.tis_cap = 2.0
-    rollout.sampler_logp = (logp - 10.0) * mask
-    doubled, diff = policy_grad(module, rollout)
+    rollout = rollout.replace(sampler_logp=(logp - 10.0) * mask)
+    doubled, diff = policy_grad(module, rollout, 2.0)
     assert diff == pytest.approx(10.0, rel=1e-5)  # mean |logp_old - sampler_logp| over real tokens
     torch.testing.assert_close(doubled, 2 * plain, rtol=1e-4, atol=1e-7)
     # within the cap the weight is the ratio itself: exp(0.5)
-    rollout.sampler_logp = (logp - 0.5) * mask
-    scaled, _ = policy_grad(module, rollout)
+    rollout = rollout.replace(sampler_logp=(logp - 0.5) * mask)
+    scaled, _ = policy_grad(module, rollout, 2.0)
     torch.testing.assert_close(scaled, torch.exp(torch.tensor(0.5)) * plain, rtol=1e-4, atol=1e-7)
-    module.tis_cap = None
 
 
 def test_truncated_is_weights_hand_computed():

@@ -55,7 +55,7 @@ def test_the_kv_cache_forwards_warn_nothing(tiny_model_dir, lora, monkeypatch):
     callback = RolloutCallback(rewards=[CountdownReward()], num_generations=3, max_new_tokens=6)
     records = CountdownTask(num_train=2, num_val=1, seed=0).records("train")
     shared = []
-    monkeypatch.setattr(logprobs, "_shared_prefix", lambda *a, _f=logprobs._shared_prefix: shared.append(1) or _f(*a))
+    monkeypatch.setattr(logprobs, "_shared_kv_cache", lambda *a, _f=logprobs._shared_kv_cache: shared.append(1) or _f(*a))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         module = RLModule(name_or_path=tiny_model_dir, lora=lora)

@@ -6,6 +6,7 @@ and the probe check run here."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import socket
@@ -72,7 +73,7 @@ def test_one_corrupted_tensor_fires_or_warns(bound, caplog):
         engine.model.model.layers[1].mlp.down_proj.weight.mul_(3.0)
     with pytest.raises(TrainingError, match="stale or corrupted"):
         cb.verify_sync(module, rollout)
-    cb.sync_check = "warn"
+    cb.sync = dataclasses.replace(cb.sync, mode="warn")  # rollout.sync_check: warn
     with caplog.at_level(logging.WARNING):
         diff = cb.verify_sync(module, rollout)
     assert diff > 1e-3 and any("stale or corrupted" in r.getMessage() for r in caplog.records)

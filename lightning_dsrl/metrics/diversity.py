@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_dsrl.metrics.functional import (
+from lightning_dsrl.metrics.functional.diversity import (
     _distinct_correct_update,
     _distinct_n_update,
     _div_answers_update,

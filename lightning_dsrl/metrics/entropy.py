@@ -1,7 +1,7 @@
 """``TokenEntropy``: mean per-token entropy of the policy on its own samples, split by verdict.
 
 The input is the entropy of the full next-token distribution at every completion position
-(``RLModule.completion_logprobs(..., entropy="detached")``, at the sampling temperature); the
+(``Scorer.logprobs(..., entropy="detached")``, at the sampling temperature); the
 state is three token-entropy sums and three token counts (all / correct / incorrect), summed
 across processes.
 """
@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_dsrl.metrics.functional import _token_entropy_compute, _token_entropy_update
+from lightning_dsrl.metrics.functional.entropy import _token_entropy_compute, _token_entropy_update
 
 __all__ = ["TokenEntropy"]
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from lightning_dsrl.metrics.functional import (
+from lightning_dsrl.metrics.functional.passk import (
     _check_counts,
     mean_at_k,
     pass_at_k_bootstrap,

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from lightning_dsrl.metrics.plot import curve_from_report, passk_figure, save_figure
 from lightning_dsrl.metrics.rollout import EvalReport
-from lightning_dsrl.types import RolloutBatch
+from lightning_dsrl.types import Rollout
 
 __all__ = ["sample_rows", "write_eval", "format_table", "passk_title"]
 
@@ -31,7 +31,7 @@ def _jsonable(value: Any) -> Any:
         return str(value)
 
 
-def sample_rows(rollout: RolloutBatch, greedy: RolloutBatch | None = None) -> list[dict[str, Any]]:
+def sample_rows(rollout: Rollout, greedy: Rollout | None = None) -> list[dict[str, Any]]:
     """One JSON-ready row per problem of ``rollout`` (groups in sorted label order)."""
     labels = rollout.group_ids.tolist()
     greedy_at = {g: i for i, g in enumerate(greedy.group_ids.tolist())} if greedy is not None else {}

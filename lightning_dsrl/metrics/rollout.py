@@ -1,7 +1,7 @@
 """``RolloutMetrics``: every metric of one stage (training or validation), fed from rollout batches.
 
 One object per stage (torchmetrics' advice): the module updates it with each
-:class:`~lightning_dsrl.types.RolloutBatch` (plus the token entropy and, in validation, the
+:class:`~lightning_dsrl.types.Rollout` (plus the token entropy and, in validation, the
 verdict of one greedy completion per problem) and reads an :class:`EvalReport` from it. Values
 that are undefined on the data (``nan`` from a metric) become ``None`` with a note saying why,
 so no report carries an unexplained NaN.
@@ -16,11 +16,11 @@ from typing import Any
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lightning_dsrl.functional.groups import group_counts
 from lightning_dsrl.metrics.diversity import DistinctCorrect, DistinctN, DivAnswers, DivEqu, SelfBLEU
 from lightning_dsrl.metrics.entropy import TokenEntropy
-from lightning_dsrl.metrics.functional import group_counts
 from lightning_dsrl.metrics.passk import MeanAtK, PassAtK, PotentialAtK
-from lightning_dsrl.types import RolloutBatch
+from lightning_dsrl.types import Rollout
 
 __all__ = ["RolloutMetrics", "EvalReport"]
 
@@ -99,7 +99,7 @@ class RolloutMetrics(nn.Module):
         self.distinct_correct = DistinctCorrect()
         self.entropy = TokenEntropy()
 
-    def update(self, rollout: RolloutBatch, entropy: Tensor | None = None, greedy_correct: Tensor | None = None
+    def update(self, rollout: Rollout, entropy: Tensor | None = None, greedy_correct: Tensor | None = None
                ) -> None:
         """Add a rollout batch (whole groups). ``entropy``: ``[N, L]`` token entropy of its completions
         (``None``: measured elsewhere or not at all). ``greedy_correct``: ``[P]`` verdict of a greedy

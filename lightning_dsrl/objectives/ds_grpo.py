@@ -14,12 +14,21 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_dsrl import functional as F
 from lightning_dsrl.errors import ConfigError
+from lightning_dsrl.functional import REDUCTIONS, ds_advantages, sequence_logprob
+from lightning_dsrl.objectives.base import choice
 from lightning_dsrl.objectives.grpo import GRPO
-from lightning_dsrl.types import RolloutBatch
+from lightning_dsrl.types import TrainBatch
 
-__all__ = ["DSGRPO"]
+__all__ = ["DSGRPO", "log_likelihood"]
+
+
+def log_likelihood(batch: TrainBatch, model: str, reduction: str) -> Tensor:
+    """``[n]`` each completion's log-likelihood ``LL(i)`` under the rollout policy (``old``) or the
+    reference model (``reference``), summed over its tokens or averaged (``reduction``); a constant
+    per completion (no gradient). The shaping term of DS-GRPO and of ``EntropyGRPO(level: sequence)``."""
+    logp = batch.logp_old if model == "old" else batch.logp_ref
+    return sequence_logprob(logp, batch.completion_mask, reduction).detach()
 
 
 class DSGRPO(GRPO):
@@ -44,14 +53,10 @@ class DSGRPO(GRPO):
         super().__init__(**kwargs)
         if gamma_p < 0 or gamma_n < 0:
             raise ConfigError(f"model.objective.gamma_p={gamma_p}, gamma_n={gamma_n}: both must be >= 0")
-        if smoothing_model not in ("old", "reference"):
-            raise ConfigError(f"model.objective.smoothing_model={smoothing_model!r}: use old or reference")
-        if logprob_reduction not in ("sum", "mean"):
-            raise ConfigError(f"model.objective.logprob_reduction={logprob_reduction!r}: use sum or mean")
         self.gamma_p = float(gamma_p)
         self.gamma_n = float(gamma_n)
-        self.smoothing_model = smoothing_model
-        self.logprob_reduction = logprob_reduction
+        self.smoothing_model = choice("smoothing_model", smoothing_model, ("old", "reference"))
+        self.logprob_reduction = choice("logprob_reduction", logprob_reduction, REDUCTIONS)
 
     @property
     def needs_reference(self) -> bool:
@@ -63,11 +68,10 @@ class DSGRPO(GRPO):
         parts += [f"gamma_n={self.gamma_n} shapes all-wrong groups"] if self.gamma_n else []
         return "; ".join(parts) or None
 
-    def advantages(self, batch: RolloutBatch) -> Tensor:
+    def advantages(self, batch: TrainBatch) -> Tensor:
         base = super().advantages(batch)
-        logp = batch.logp_old if self.smoothing_model == "old" else batch.logp_ref
-        seq_logp = F.sequence_logprob(logp, batch.completion_mask, self.logprob_reduction)  # [n]
-        shaped = F.ds_advantages(base, batch.correct, seq_logp, self.gamma_p, self.gamma_n)
+        seq_logp = log_likelihood(batch, self.smoothing_model, self.logprob_reduction)  # [n]
+        shaped = ds_advantages(base, batch.correct, seq_logp, self.gamma_p, self.gamma_n)
         term = shaped - base  # -gamma_p * LL on correct, +gamma_n * LL on incorrect
         correct = batch.correct.bool()
         if correct.any():

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_dsrl import functional as F
-from lightning_dsrl.errors import ConfigError
+from lightning_dsrl.functional import REDUCTIONS, aggregate, ds_advantages, masked_mean
+from lightning_dsrl.objectives.base import choice
+from lightning_dsrl.objectives.ds_grpo import log_likelihood
 from lightning_dsrl.objectives.grpo import GRPO
-from lightning_dsrl.types import RolloutBatch
+from lightning_dsrl.types import TrainBatch
 
 __all__ = ["EntropyGRPO"]
 
@@ -49,13 +50,9 @@ class EntropyGRPO(GRPO):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if level not in ("token", "sequence"):
-            raise ConfigError(f"model.objective.level={level!r}: use token or sequence")
-        if logprob_reduction not in ("sum", "mean"):
-            raise ConfigError(f"model.objective.logprob_reduction={logprob_reduction!r}: use sum or mean")
         self.entropy_coef = float(entropy_coef)
-        self.level = level
-        self.logprob_reduction = logprob_reduction
+        self.level = choice("level", level, ("token", "sequence"))
+        self.logprob_reduction = choice("logprob_reduction", logprob_reduction, REDUCTIONS)
 
     @property
     def needs_entropy(self) -> bool:
@@ -67,16 +64,16 @@ class EntropyGRPO(GRPO):
             return None
         return f"entropy_coef={self.entropy_coef} ({self.level} level) acts on every completion"
 
-    def advantages(self, batch: RolloutBatch) -> Tensor:
+    def advantages(self, batch: TrainBatch) -> Tensor:
         base = super().advantages(batch)
         if self.level != "sequence":
             return base
-        seq_logp = F.sequence_logprob(batch.logp_old, batch.completion_mask, self.logprob_reduction).detach()  # [n]
-        shaping = -self.entropy_coef * seq_logp  # >= 0 for a bonus: rare completions are pushed up
-        self.metric("entropy_reg/shaping", shaping.mean())
-        return base + shaping
+        seq_logp = log_likelihood(batch, "old", self.logprob_reduction)  # [n]
+        self.metric("entropy_reg/shaping", (-self.entropy_coef * seq_logp).mean())  # >= 0 for a bonus
+        # DS-GRPO's smoothing with gamma_p = c, gamma_n = -c: A - c * LL on every completion
+        return ds_advantages(base, batch.correct, seq_logp, self.entropy_coef, -self.entropy_coef)
 
-    def extra_loss(self, batch: RolloutBatch, logp: Tensor, entropy: Tensor | None) -> Tensor | float:
+    def extra_loss(self, batch: TrainBatch, logp: Tensor, entropy: Tensor | None) -> Tensor | float:
         if not self.needs_entropy:
             return 0.0
         if entropy is None:
@@ -84,6 +81,6 @@ class EntropyGRPO(GRPO):
                                "when objective.needs_entropy is true")
         mask = batch.completion_mask
         # sum over this micro-batch's tokens / the minibatch's token count: micro-batch terms add up exactly
-        mean_entropy = F.aggregate(entropy, mask, "token-mean", num_tokens=batch.total("tokens"))
-        self.metric("entropy_reg/term", -self.entropy_coef * F.masked_mean(entropy.detach(), mask))
+        mean_entropy = aggregate(entropy, mask, "token-mean", num_tokens=batch.minibatch_size("tokens"))
+        self.metric("entropy_reg/term", -self.entropy_coef * masked_mean(entropy.detach(), mask))
         return -self.entropy_coef * mean_entropy

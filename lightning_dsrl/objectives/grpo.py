@@ -4,8 +4,8 @@
     s(i,t) = min(rho A_i, clip(rho, 1 - epsilon_low, 1 + epsilon_high) A_i),  rho = pi / pi_old
     L      = agg(-s + beta * kl_k3(pi, pi_ref))            (loss_agg_mode)
 
-Hooks, in the order ``loss`` calls them:
-  ``advantages(batch)``        per-sample advantages ``[n]`` (DS-GRPO reshapes them here);
+Hooks (besides ``group_advantages`` and ``advantages``, see :mod:`~lightning_dsrl.objectives.base`),
+in the order ``loss`` calls them:
   ``token_loss(batch, ...)``   the per-token loss ``[n, L]`` before aggregation;
   ``extra_loss(batch, ...)``   a scalar added after aggregation (entropy and diversity terms).
 The Dr.GRPO and DAPO variants are settings of this class (see ``configs/``).
@@ -15,10 +15,18 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_dsrl import functional as F
 from lightning_dsrl.errors import ConfigError
-from lightning_dsrl.objectives.base import Objective
-from lightning_dsrl.types import RolloutBatch
+from lightning_dsrl.functional import (
+    AGG_MODES,
+    aggregate,
+    clip_fraction,
+    clipped_policy_loss,
+    group_advantages,
+    kl_k3,
+    masked_mean,
+)
+from lightning_dsrl.objectives.base import Objective, choice
+from lightning_dsrl.types import Rollout, TrainBatch
 
 __all__ = ["GRPO"]
 
@@ -46,64 +54,53 @@ class GRPO(Objective):
         loss_agg_mode: str = "seq-mean-token-mean",
         eps: float = 1e-6,
     ) -> None:
-        # choices are typed ``str``, not ``Literal``: a typo then reaches the check below and ends in one
-        # ``error:`` line naming the option and its values, instead of the parser's full usage text
         super().__init__()
         if beta < 0:
             raise ConfigError(f"model.objective.beta={beta}: the KL weight must be >= 0")
         if epsilon_low < 0 or (epsilon_high is not None and epsilon_high < 0):
             raise ConfigError("model.objective.epsilon_low / epsilon_high must be >= 0")
-        if scale_rewards not in ("group", "batch", "none"):
-            raise ConfigError(f"model.objective.scale_rewards={scale_rewards!r}: use group, batch or none")
-        if loss_agg_mode not in F.AGG_MODES:
-            raise ConfigError(f"model.objective.loss_agg_mode={loss_agg_mode!r}: use one of {', '.join(F.AGG_MODES)}")
         self.beta = float(beta)
         self.epsilon_low = float(epsilon_low)
         self.epsilon_high = float(epsilon_low if epsilon_high is None else epsilon_high)
-        self.scale_rewards = scale_rewards
-        self.loss_agg_mode = loss_agg_mode
+        self.scale_rewards = choice("scale_rewards", scale_rewards, ("group", "batch", "none"))
+        self.loss_agg_mode = choice("loss_agg_mode", loss_agg_mode, AGG_MODES)
         self.eps = eps
 
     @property
     def needs_reference(self) -> bool:
         return self.beta > 0
 
-    def group_advantages(self, rollout: RolloutBatch) -> Tensor:
-        return F.group_advantages(rollout.rewards, rollout.group_ids, self.scale_rewards, self.eps)
+    def group_advantages(self, rollout: Rollout) -> Tensor:
+        return group_advantages(rollout.rewards, rollout.group_ids, self.scale_rewards, self.eps)
 
     # ------------------------------------------------------------------ hooks
-    def advantages(self, batch: RolloutBatch) -> Tensor:
-        """Per-sample advantages ``[n]`` of this micro-batch (default: the group advantages)."""
-        return batch.advantages
-
-    def token_loss(self, batch: RolloutBatch, logp: Tensor, advantages: Tensor) -> Tensor:
+    def token_loss(self, batch: TrainBatch, logp: Tensor, advantages: Tensor) -> Tensor:
         """Per-token loss ``[n, L]``: the negative clipped surrogate plus ``beta`` times the k3 KL."""
         mask = batch.completion_mask
-        loss = F.clipped_policy_loss(logp, batch.logp_old, advantages, self.epsilon_low, self.epsilon_high)
+        loss = clipped_policy_loss(logp, batch.logp_old, advantages, self.epsilon_low, self.epsilon_high)
         if batch.is_weights is not None:  # model.tis_cap: engine/trainer mismatch correction
             loss = loss * batch.is_weights
-        self.metric("clip_fraction", F.clip_fraction(logp, batch.logp_old, advantages, self.epsilon_low,
-                                                     self.epsilon_high, mask))
-        self.metric("ratio_mean", F.masked_mean((logp - batch.logp_old).exp(), mask))
+        self.metric("clip_fraction", clip_fraction(logp, batch.logp_old, advantages, self.epsilon_low,
+                                                   self.epsilon_high, mask))
+        self.metric("ratio_mean", masked_mean((logp - batch.logp_old).exp(), mask))
         if self.beta > 0:
-            kl = F.kl_k3(logp, batch.logp_ref)
-            self.metric("kl", F.masked_mean(kl, mask))
+            kl = kl_k3(logp, batch.logp_ref)
+            self.metric("kl", masked_mean(kl, mask))
             loss = loss + self.beta * kl
         return loss
 
-    def extra_loss(self, batch: RolloutBatch, logp: Tensor, entropy: Tensor | None) -> Tensor | float:
+    def extra_loss(self, batch: TrainBatch, logp: Tensor, entropy: Tensor | None) -> Tensor | float:
         """A scalar added to the aggregated loss (already normalised like it); 0 for GRPO."""
         return 0.0
 
     # ------------------------------------------------------------------ loss
-    def aggregate(self, values: Tensor, batch: RolloutBatch) -> Tensor:
-        """``loss_agg_mode`` over the micro-batch, normalised by its minibatch's totals."""
-        return F.aggregate(values, batch.completion_mask, self.loss_agg_mode, num_seqs=batch.total("seqs"),
-                           num_tokens=batch.total("tokens"), max_len=batch.max_new_tokens or None)
+    def aggregate(self, values: Tensor, batch: TrainBatch) -> Tensor:
+        """``loss_agg_mode`` over the micro-batch, normalised by its minibatch's sizes."""
+        return aggregate(values, batch.completion_mask, self.loss_agg_mode, num_seqs=batch.minibatch_size("seqs"),
+                         num_tokens=batch.minibatch_size("tokens"), max_len=batch.max_new_tokens or None)
 
-    def loss(self, batch: RolloutBatch, logp: Tensor, entropy: Tensor | None) -> Tensor:
-        advantages = self.advantages(batch)
-        self.trained_advantages(advantages)
+    def loss(self, batch: TrainBatch, logp: Tensor, entropy: Tensor | None) -> Tensor:
+        advantages = batch.advantages
         self.metric("advantage_abs_mean", advantages.abs().mean())
         policy = self.aggregate(self.token_loss(batch, logp, advantages), batch)
         self.metric("policy_loss", policy)

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_dsrl import functional as F
 from lightning_dsrl.errors import ConfigError
-from lightning_dsrl.metrics import group_counts
+from lightning_dsrl.functional import group_counts, pass_at_k, passk_advantages
 from lightning_dsrl.objectives.grpo import GRPO
-from lightning_dsrl.types import RolloutBatch
+from lightning_dsrl.types import Rollout
 
 __all__ = ["PassAtKTraining"]
 
@@ -52,27 +51,19 @@ class PassAtKTraining(GRPO):
         if k < 1:
             raise ConfigError(f"model.objective.k={k}: must be >= 1 (k = 1 is GRPO on the verdict)")
         self.k = int(k)
-        self._group_stats: dict[str, float] = {}
 
     def check(self, num_generations: int) -> None:
         if self.k > num_generations:
             raise ConfigError(f"model.objective.k={self.k} is larger than rollout.num_generations={num_generations}: "
                               "pass@k needs at least k samples per prompt; lower k or raise num_generations")
 
-    def group_advantages(self, rollout: RolloutBatch) -> Tensor:
+    def group_advantages(self, rollout: Rollout) -> Tensor:
         n, c = group_counts(rollout.group_ids, rollout.correct)
         if int(n.min()) < self.k:
             raise ConfigError(f"model.objective.k={self.k} is larger than a group of {int(n.min())} samples; "
                               "lower k or raise rollout.num_generations")
-        reward = F.pass_at_k(n, c, self.k)  # [num_groups], the R of each group
-        self._group_stats = {
-            "passk/group_reward": float(reward.mean()),
-            # sigma = 0 exactly when no sample is correct or every k-subset holds a correct one
-            "passk/zero_signal_groups": float(((c == 0) | (n - c < self.k)).float().mean()),
-        }
-        return F.passk_advantages(rollout.correct, rollout.group_ids, self.k, self.eps)
-
-    def advantages(self, batch: RolloutBatch) -> Tensor:
-        for name, value in self._group_stats.items():  # computed once per rollout, logged with the loss
-            self.metric(name, value)
-        return super().advantages(batch)
+        reward = pass_at_k(n, c, self.k)  # [num_groups], the R of each group
+        self.metric("passk/group_reward", float(reward.mean()))
+        # sigma = 0 exactly when no sample is correct or every k-subset holds a correct one
+        self.metric("passk/zero_signal_groups", float(((c == 0) | (n - c < self.k)).float().mean()))
+        return passk_advantages(rollout.correct, rollout.group_ids, self.k, self.eps)

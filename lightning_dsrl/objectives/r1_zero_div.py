@@ -23,10 +23,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_dsrl import functional as F
 from lightning_dsrl.errors import ConfigError
+from lightning_dsrl.functional import masked_mean, sampled_entropy
+from lightning_dsrl.objectives.base import choice
 from lightning_dsrl.objectives.grpo import GRPO
-from lightning_dsrl.types import RolloutBatch
+from lightning_dsrl.types import TrainBatch
 
 __all__ = ["R1ZeroDiv"]
 
@@ -57,17 +58,11 @@ class R1ZeroDiv(GRPO):
         if diversity_coef < 0:
             raise ConfigError(f"model.objective.diversity_coef={diversity_coef}: must be >= 0 "
                               "(for an entropy penalty use EntropyGRPO with a negative entropy_coef)")
-        if apply_to not in ("positive", "all"):
-            raise ConfigError(f"model.objective.apply_to={apply_to!r}: use positive or all")
-        if estimator not in ("sampled", "exact"):
-            raise ConfigError(f"model.objective.estimator={estimator!r}: use sampled or exact")
-        if normalizer not in ("completions", "positives"):
-            raise ConfigError(f"model.objective.normalizer={normalizer!r}: use completions (the paper's 1/G) "
-                              "or positives (1/|P|)")
         self.diversity_coef = float(diversity_coef)
-        self.apply_to = apply_to
-        self.estimator = estimator
-        self.normalizer = normalizer
+        self.apply_to = choice("apply_to", apply_to, ("positive", "all"))
+        self.estimator = choice("estimator", estimator, ("sampled", "exact"))
+        self.normalizer = choice("normalizer", normalizer, ("completions", "positives"),
+                                 "completions: the paper's 1/G; positives: 1/|P|")
 
     @property
     def uniform_group_signal(self) -> str | None:
@@ -80,24 +75,24 @@ class R1ZeroDiv(GRPO):
     def needs_entropy(self) -> bool:
         return self.estimator == "exact" and self.diversity_coef > 0
 
-    def extra_loss(self, batch: RolloutBatch, logp: Tensor, entropy: Tensor | None) -> Tensor | float:
+    def extra_loss(self, batch: TrainBatch, logp: Tensor, entropy: Tensor | None) -> Tensor | float:
         if self.diversity_coef == 0:
             return 0.0
         mask = batch.completion_mask
         used = batch.correct.bool() if self.apply_to == "positive" else torch.ones_like(batch.correct.bool())  # [n]
-        num_used = batch.total("correct") if self.apply_to == "positive" else batch.total("seqs")
+        num_used = batch.minibatch_size("correct") if self.apply_to == "positive" else batch.minibatch_size("seqs")
         self.metric("div/num_used", num_used)
         if num_used == 0 or not used.any():
             return 0.0
         # the paper's 1/G: every completion of the minibatch, whether the term applies to it or not
-        normalizer = batch.total("seqs") if self.normalizer == "completions" else num_used
+        normalizer = batch.minibatch_size("seqs") if self.normalizer == "completions" else num_used
         if self.estimator == "sampled":
-            diversity = F.sampled_entropy(logp, batch.logp_old, mask)  # [n]
+            diversity = sampled_entropy(logp, batch.logp_old, mask)  # [n]
         else:
             if entropy is None:
                 raise RuntimeError("R1ZeroDiv(estimator='exact') needs the token entropy: the module passes it "
                                    "when objective.needs_entropy is true")
-            diversity = F.masked_mean(entropy, mask, dim=-1)  # [n]
+            diversity = masked_mean(entropy, mask, dim=-1)  # [n]
         term = -self.diversity_coef * diversity[used].sum()
         self.metric("div/diversity", diversity[used].mean())
         # per completion of this micro-batch (or per used one): its sample-weighted mean over

@@ -1,4 +1,4 @@
-"""Rewards: the ``RewardModule`` base, the registry of built-ins and the weighted composite.
+"""Rewards: the ``Reward`` base, the registry of built-ins and the weighted composite.
 
 A reward turns ``(prompt record, completion text)`` into a :class:`RewardResult`. Verifier
 rewards (``is_verifier = True``) also give the verdict ``correct``; bonuses such as the format
@@ -26,18 +26,21 @@ from typing import ClassVar
 
 import torch
 
+from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.rewards.guard import RewardTimeout, call_with_budget
 from lightning_dsrl.types import PromptRecord, RewardResult
 
-__all__ = ["RewardModule", "CompositeReward", "REWARDS", "get_reward_class", "ScoredBatch"]
+__all__ = ["Reward", "RewardModule", "CompositeReward", "REWARDS", "get_reward_class", "ScoredBatch"]
 
 log = logging.getLogger(__name__)
 
-REWARDS: dict[str, type[RewardModule]] = {}
+REWARDS: dict[str, type[Reward]] = {}
 
 
-class RewardModule:
+class Reward:
     """Base class of rewards. Override :meth:`score`; set ``name`` and, for a verifier, ``is_verifier``.
+
+    (A plain callable, not an ``nn.Module``: it holds no weights. ``RewardModule`` is its old name.)
 
     Args:
         weight: factor of this reward in the composite sum.
@@ -64,7 +67,10 @@ class RewardModule:
         return f"{type(self).__name__}(weight={self.weight})"
 
 
-def get_reward_class(name: str) -> type[RewardModule]:
+RewardModule = Reward  # the old name, kept for rewards written against it
+
+
+def get_reward_class(name: str) -> type[Reward]:
     """The registered reward class called ``name``; the error lists the valid names."""
     try:
         return REWARDS[name]
@@ -87,7 +93,7 @@ class ScoredBatch:
         self.timeouts = timeouts  # number of reward calls that ran past the time budget
 
 
-class CompositeReward(RewardModule):
+class CompositeReward(Reward):
     """Weighted sum of rewards, with the AND of the verifiers' verdicts as ``correct``.
 
     A reward that raises, runs past ``timeout_s`` seconds or returns an invalid result on a
@@ -102,13 +108,14 @@ class CompositeReward(RewardModule):
     name = "composite"
     internal = True  # built by the rollout callback from ``rollout.rewards``, not listed in a config
 
-    def __init__(self, rewards: list[RewardModule], timeout_s: float | None = None) -> None:
+    def __init__(self, rewards: list[Reward], timeout_s: float | None = None) -> None:
         super().__init__(weight=1.0)
-        if timeout_s is not None and not timeout_s > 0:
-            raise ValueError(f"rollout.reward_timeout_s={timeout_s}: give a number of seconds > 0, or null for no limit")
-        self.timeout_s = timeout_s
         if not rewards:
-            raise ValueError("rollout.rewards is empty: give at least one reward, e.g. CountdownReward")
+            raise ConfigError("rollout.rewards is empty: list at least one reward, e.g. "
+                              "[{class_path: CountdownReward}, {class_path: FormatReward, init_args: {weight: 0.1}}]")
+        if timeout_s is not None and not timeout_s > 0:
+            raise ConfigError(f"rollout.reward_timeout_s={timeout_s}: give seconds > 0, or null for no limit")
+        self.timeout_s = timeout_s
         for reward in rewards:
             if not isinstance(getattr(reward, "weight", None), float):
                 raise ValueError(f"{type(reward).__name__} has no weight: its __init__ must call "
@@ -122,7 +129,7 @@ class CompositeReward(RewardModule):
             log.warning("no verifier among the rewards %s: every completion counts as incorrect", names)
         self._reported: set[tuple[str, str]] = set()
 
-    def _safe_score(self, name: str, reward: RewardModule, record: PromptRecord,
+    def _safe_score(self, name: str, reward: Reward, record: PromptRecord,
                     completion: str) -> tuple[RewardResult, str | None]:
         """The reward's result, or a zero result and the kind of failure (``error`` / ``timeout``)."""
         try:
@@ -187,7 +194,7 @@ class CompositeReward(RewardModule):
         return ScoredBatch(totals, correct, answers, parts, failures["error"], failures["timeout"], equations)
 
 
-def _part_name(reward: RewardModule) -> str:
+def _part_name(reward: Reward) -> str:
     return reward.name or type(reward).__name__
 
 

@@ -20,7 +20,7 @@ import ast
 from collections import Counter
 from fractions import Fraction
 
-from lightning_dsrl.rewards.base import RewardModule
+from lightning_dsrl.rewards.base import Reward
 from lightning_dsrl.types import PromptRecord, RewardResult
 
 __all__ = ["check", "extract_answer", "parse_expression", "normalize_expression", "CountdownReward"]
@@ -156,7 +156,7 @@ def normalize_expression(tree_or_text: ast.expr | str) -> str | None:
     return None if tree is None else _canon(tree)[0]
 
 
-class CountdownReward(RewardModule):
+class CountdownReward(Reward):
     """1.0 for a correct CountDown answer, 0.0 otherwise; ``correct`` is the verdict and
     ``answer`` the normal form of any well-formed expression (right or wrong). The completion's
     equation (for Div-Equ) is that answer: on CountDown the answer is the equation.

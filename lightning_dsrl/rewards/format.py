@@ -7,14 +7,14 @@ the CountDown configs it carries weight 0.1, giving the classic TinyZero reward 
 
 from __future__ import annotations
 
-from lightning_dsrl.rewards.base import RewardModule
+from lightning_dsrl.rewards.base import Reward
 from lightning_dsrl.rewards.countdown import CLOSE, extract_answer
 from lightning_dsrl.types import PromptRecord, RewardResult
 
 __all__ = ["FormatReward"]
 
 
-class FormatReward(RewardModule):
+class FormatReward(Reward):
     """1.0 when the completion has a non-empty final ``<answer>...</answer>``, else 0.0.
 
     Args:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from lightning_dsrl.rewards.base import RewardModule
+from lightning_dsrl.rewards.base import Reward
 from lightning_dsrl.rewards.countdown import extract_answer
 from lightning_dsrl.rewards.equations import extract_equations
 from lightning_dsrl.types import PromptRecord, RewardResult
@@ -29,7 +29,7 @@ def parse_number(text: str) -> Fraction | None:
     return Fraction(text)
 
 
-class NumericAnswerReward(RewardModule):
+class NumericAnswerReward(Reward):
     """1.0 when the answer equals ``record.answer`` as a number, else 0.0 (a verifier). Its
     ``equations`` are those the completion writes (:func:`~lightning_dsrl.rewards.equations.extract_equations`)."""
 

@@ -1,37 +1,38 @@
 """The ``RolloutEngine`` interface: prompts in, ``n`` sampled completions per prompt out.
 
-An engine is bound to the module once (it reads the policy and tokenizer from it), generates
-from token ids, and, if it keeps its own copy of the weights (vLLM, ``HFEngine(weights="copy")``),
-receives the new weights after each optimizer step through :meth:`sync_weights` and reports its
-own log-probs of given completions (:meth:`logprobs`), which the rollout callback compares with
-the trainer's after every sync.
+An engine is bound once to the owner of the policy (the ``RLModule``; anything with the attributes
+of :class:`EngineOwner`), generates from token ids, and, if it keeps its own copy of the weights
+(vLLM, ``HFEngine(weights="copy")``), receives the new weights after each optimizer step through
+:meth:`~RolloutEngine.sync_weights` and reports its own log-probs of given completions
+(:meth:`~RolloutEngine.logprobs`), which the rollout callback compares with the trainer's after every
+sync (:mod:`lightning_dsrl.rollout.sync`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from torch import Tensor
+import torch
+from torch import Tensor, nn
 
-    from lightning_dsrl.module import RLModule
-    from lightning_dsrl.types import RolloutBatch
+from lightning_dsrl.models import ModelSpec
+from lightning_dsrl.scoring import Scorer
+from lightning_dsrl.types import Rollout, SamplingParams
 
-__all__ = ["SamplingParams", "Generation", "RolloutEngine"]
+__all__ = ["EngineOwner", "Generation", "RolloutEngine", "SamplingParams"]
 
 
-@dataclass
-class SamplingParams:
-    """How to sample: ``n`` completions per prompt at ``temperature`` with nucleus ``top_p``."""
+class EngineOwner(Protocol):
+    """What an engine reads from the module it is bound to. ``policy`` and ``tokenizer`` always; an engine
+    with its own weights also ``spec`` (to load its copy), ``device`` and ``scorer`` (the trainer's
+    log-probs, for the weight-sync probe)."""
 
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0: off
-    max_new_tokens: int = 64
-    stop: list[str] = field(default_factory=list)  # stop after any of these strings (kept in the text)
-    greedy: bool = False  # argmax decoding; temperature/top_p/top_k are ignored
+    policy: nn.Module
+    tokenizer: object
+    spec: ModelSpec
+    device: torch.device
+    scorer: Scorer
 
 
 @dataclass
@@ -55,17 +56,17 @@ class RolloutEngine:
     def check(self) -> None:
         """Fail early, with a ``ConfigError``, when the engine cannot run here (called when training starts)."""
 
-    def bind(self, module: RLModule) -> None:
-        """Attach to the module's policy and tokenizer (called once the models exist)."""
+    def bind(self, owner: EngineOwner) -> None:
+        """Attach to the owner's policy and tokenizer (called once the models exist)."""
         raise NotImplementedError
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> Generation:
         raise NotImplementedError
 
-    def sync_weights(self, module: RLModule) -> None:
+    def sync_weights(self, owner: EngineOwner) -> None:
         """Receive the policy's new weights after an optimizer step (no-op for engines that share them)."""
 
-    def logprobs(self, batch: RolloutBatch) -> Tensor:
+    def logprobs(self, batch: Rollout) -> Tensor:
         """``[n, L]`` float32 log-probs of ``batch``'s completion tokens under the engine's own weights, at
         ``batch.temperature``, zero at padding (engines that own weights; used to verify a sync)."""
         raise NotImplementedError(f"{type(self).__name__} does not report log-probs of given completions")

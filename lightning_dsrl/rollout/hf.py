@@ -15,7 +15,7 @@ the objective assumes it sampled from. Until a row is dropped the random draws a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -27,21 +27,17 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from lightning_dsrl import sharding
+from lightning_dsrl import distributed, sharding
 from lightning_dsrl.errors import ConfigError
 from lightning_dsrl.models import cache_kwargs, load_model, merged_weights
-from lightning_dsrl.rollout.engine import Generation, RolloutEngine, SamplingParams
-from lightning_dsrl.rollout.padding import pad_left
-
-if TYPE_CHECKING:
-    from lightning_dsrl.module import RLModule
-    from lightning_dsrl.types import RolloutBatch
+from lightning_dsrl.padding import pad_left
+from lightning_dsrl.rollout.engine import EngineOwner, Generation, RolloutEngine, SamplingParams
+from lightning_dsrl.types import Rollout
 
 __all__ = ["HFEngine"]
 
-# drop stopped rows from the batch once they are this fraction of it (0: at every stop; > 1: never). Measured
-# on SmolLM2-135M, 32 rows, <= 64 tokens, 2 CPU threads: 12.3 ms per generated token never dropping (generate's
-# cost), 11.4 at 0.25, 8.4 at every stop: copying the cache is cheap next to stepping a finished row
+# drop stopped rows from the batch once they are this fraction of it (0: at every stop; > 1: never): copying
+# the cache without them is cheap next to stepping a finished row (benchmark: scripts/benchmark.py)
 DROP_STOPPED_AT = 0.0
 
 
@@ -66,8 +62,9 @@ class HFEngine(RolloutEngine):
             instead of once per decode step; the weight sync and its verification run on any device).
         generation_batch_size: sequences sampled together (prompts x samples); lower it to
             save memory, raise it on a GPU.
-        share_prompt_prefix: prefill each prompt once and copy its KV cache to its ``n`` samples
-            instead of prefilling every copy (same samples, less compute).
+        share_prompt_prefix: in generation, prefill each prompt once and copy its KV cache to its ``n``
+            samples instead of prefilling every copy (same samples, less compute; the training passes have
+            their own ``model.share_prompt_prefix``).
     """
 
     def __init__(self, generation_batch_size: int = 64, share_prompt_prefix: bool = True,
@@ -79,24 +76,24 @@ class HFEngine(RolloutEngine):
         self.generation_batch_size = generation_batch_size
         self.share_prompt_prefix = share_prompt_prefix
         self.owns_weights = weights == "copy"
-        self.module: RLModule | None = None
+        self.owner: EngineOwner | None = None
         self.model = None  # the copy (weights: copy)
 
-    def bind(self, module: RLModule) -> None:
-        self.module = module
+    def bind(self, owner: EngineOwner) -> None:
+        self.owner = owner
         if self.owns_weights:
-            self.model = load_model(module.spec).to(module.device).eval().requires_grad_(False)
-            self.sync_weights(module)
+            self.model = load_model(owner.spec).to(owner.device).eval().requires_grad_(False)
+            self.sync_weights(owner)
 
     @torch.no_grad()
-    def sync_weights(self, module: RLModule) -> None:
+    def sync_weights(self, owner: EngineOwner) -> None:
         """Copy the policy's weights into the engine's model, tensor by tensor (gathered from the shards on
         every rank when the policy is sharded; with LoRA, merged into the base weights)."""
         if not self.owns_weights or self.model is None:
             return
         own = self.model.state_dict()
         seen = set()
-        for name, tensor in merged_weights(module.policy, sharding.full_weights(module.policy)):
+        for name, tensor in merged_weights(owner.policy, sharding.full_weights(owner.policy)):
             if name not in own or own[name].shape != tensor.shape:
                 raise RuntimeError(f"weight sync: the policy's {name} {list(tensor.shape)} has no counterpart of that "
                                    "shape in the engine's model")
@@ -106,10 +103,10 @@ class HFEngine(RolloutEngine):
             raise RuntimeError(f"weight sync: the policy sent no value for the engine's {missing[:3]}")
 
     @torch.no_grad()
-    def logprobs(self, batch: RolloutBatch) -> Tensor:
+    def logprobs(self, batch: Rollout) -> Tensor:
         if self.model is None:
-            raise RuntimeError("HFEngine(weights='copy').logprobs called before bind(module)")
-        logp, _ = self.module.completion_logprobs(self.model, batch)
+            raise RuntimeError("HFEngine(weights='copy').logprobs called before bind(owner)")
+        logp, _ = self.owner.scorer.logprobs(self.model, batch)  # the trainer's code, on the engine's weights
         return logp
 
     @staticmethod
@@ -158,9 +155,9 @@ class HFEngine(RolloutEngine):
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> Generation:
-        if self.module is None:
-            raise RuntimeError("HFEngine.generate called before bind(module)")
-        model, tokenizer = self.model if self.owns_weights else self.module.policy, self.module.tokenizer
+        if self.owner is None:
+            raise RuntimeError("HFEngine.generate called before bind(owner)")
+        model, tokenizer = self.model if self.owns_weights else self.owner.policy, self.owner.tokenizer
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
@@ -190,9 +187,9 @@ class HFEngine(RolloutEngine):
         A sharded model's forward is a collective: every rank then steps until the last rank is done,
         keeping at least one row to step with.
         """
-        tokenizer = self.module.tokenizer
+        tokenizer = self.owner.tokenizer
         eos = set(eos_token_ids(tokenizer, model))
-        synced = sharding.is_sharded(model) and sharding.world_size() > 1
+        synced = sharding.is_sharded(model) and distributed.world_size() > 1
         warpers = self._warpers(params)
         tail = max((len(s) for s in params.stop), default=0) + 1  # tokens enough to end with any stop string
         cache = self._prefill(model, input_ids, attention, copies)
@@ -220,7 +217,7 @@ class HFEngine(RolloutEngine):
                 if token in eos or (params.stop and self._hits_stop(prompts[row], out[row], tail, params.stop)):
                     stopped[b] = finished[row] = True
             alive = stopped.count(False)
-            if step == params.max_new_tokens - 1 or (sharding.passes_on_all_ranks(alive, feed.device) if synced
+            if step == params.max_new_tokens - 1 or (distributed.passes_on_all_ranks(alive, feed.device) if synced
                                                      else alive) == 0:
                 break
             if alive and alive < len(stopped) and len(stopped) - alive >= DROP_STOPPED_AT * len(stopped):
@@ -240,6 +237,6 @@ class HFEngine(RolloutEngine):
         ids = completion[-tail:]
         if len(ids) < tail:
             ids = prompt[len(prompt) - (tail - len(ids)) :] + ids
-        decode = self.module.tokenizer.decode
+        decode = self.owner.tokenizer.decode
         before, text = decode(ids[:-1], skip_special_tokens=True), decode(ids, skip_special_tokens=True)
         return any((at := text.rfind(s)) >= 0 and at + len(s) > len(before) for s in stop)

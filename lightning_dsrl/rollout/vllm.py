@@ -21,19 +21,16 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from lightning_dsrl import sharding
+from lightning_dsrl import distributed, sharding
 from lightning_dsrl.errors import ConfigError
-from lightning_dsrl.models import _local_path, merged_weights
-from lightning_dsrl.rollout.engine import Generation, RolloutEngine, SamplingParams
-
-if TYPE_CHECKING:
-    from lightning_dsrl.module import RLModule
-    from lightning_dsrl.types import RolloutBatch
+from lightning_dsrl.models import local_path, merged_weights
+from lightning_dsrl.rollout.engine import EngineOwner, Generation, RolloutEngine, SamplingParams
+from lightning_dsrl.types import Rollout
 
 __all__ = ["VLLMEngine", "require_vllm"]
 
@@ -85,7 +82,6 @@ class VLLMEngine(RolloutEngine):
         self.max_model_len = max_model_len
         self.enforce_eager = enforce_eager
         self.seed = seed
-        self.module: RLModule | None = None
         self.llm: Any = None
         self._state = "awake"  # awake | weights (only the weights are back) | asleep
 
@@ -93,24 +89,23 @@ class VLLMEngine(RolloutEngine):
     def check(self) -> None:
         require_vllm()
 
-    def bind(self, module: RLModule) -> None:
+    def bind(self, owner: EngineOwner) -> None:
         require_vllm()
         # the engine in this process, so that weights load by reference (no copy through a pipe)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from vllm import LLM
+        from vllm import LLM  # here, not at the top: vLLM is an optional extra, imported only when used
 
-        self.module = module
-        world = sharding.world_size()
+        world = distributed.world_size()
         rank = torch.distributed.get_rank() if world > 1 else 0
         self.llm = LLM(
-            model=_local_path(module.spec), tokenizer=_local_path(module.spec),
+            model=local_path(owner.spec), tokenizer=local_path(owner.spec),
             tensor_parallel_size=self.tensor_parallel_size, gpu_memory_utilization=self.gpu_memory_utilization,
             enable_sleep_mode=self.sleep, dtype=self.dtype, max_model_len=self.max_model_len,
-            enforce_eager=self.enforce_eager, seed=self.seed + rank, trust_remote_code=module.spec.trust_remote_code,
+            enforce_eager=self.enforce_eager, seed=self.seed + rank, trust_remote_code=owner.spec.trust_remote_code,
             logprobs_mode="processed_logprobs",  # after temperature, as the trainer's log-probs
             distributed_executor_backend="external_launcher" if world > 1 else None,
         )
-        self.sync_weights(module)
+        self.sync_weights(owner)
 
     def _wake(self, weights_only: bool = False) -> None:
         """Bring back what vLLM freed while asleep: its weights (to load new ones), or everything (to generate)."""
@@ -129,7 +124,7 @@ class VLLMEngine(RolloutEngine):
 
     # ------------------------------------------------------------------ work
     def _sampling(self, params: SamplingParams, **kw):
-        from vllm import SamplingParams as VSamplingParams
+        from vllm import SamplingParams as VSamplingParams  # the optional extra, as in bind
 
         common = {"max_tokens": params.max_new_tokens, "stop": params.stop or None, "include_stop_str_in_output": True}
         if params.greedy:
@@ -152,15 +147,15 @@ class VLLMEngine(RolloutEngine):
         return Generation(token_ids=token_ids, finished=finished, logprobs=logprobs)
 
     @torch.no_grad()
-    def sync_weights(self, module: RLModule) -> None:
+    def sync_weights(self, owner: EngineOwner) -> None:
         """Load the policy's full weights into vLLM's model (gathered from the shards on every rank; with LoRA,
         merged into the base weights under the base model's names)."""
         self._wake(weights_only=True)
-        load_weights(self.llm, merged_weights(module.policy, sharding.full_weights(module.policy)))
+        load_weights(self.llm, merged_weights(owner.policy, sharding.full_weights(owner.policy)))
 
-    def logprobs(self, batch: RolloutBatch) -> Tensor:
+    def logprobs(self, batch: Rollout) -> Tensor:
         """vLLM's prompt log-probs of prompt + completion, at the batch's temperature (one token generated)."""
-        from vllm import SamplingParams as VSamplingParams
+        from vllm import SamplingParams as VSamplingParams  # the optional extra, as in bind
 
         self._wake()
         prompts, lengths = [], []
