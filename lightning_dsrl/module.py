@@ -618,6 +618,7 @@ class RLModule(LightningModule):
             "model": self.spec.name_or_path,
             "ckpt_path": str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None,
             "global_step": int(self.global_step),
+            "split": getattr(self.trainer.datamodule, "eval_split", None),  # None: a dataloader without one
             "samples_per_problem": sampling.n if sampling else None,
             "temperature": sampling.temperature if sampling else None,
             "top_p": sampling.top_p if sampling else None,

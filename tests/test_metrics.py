@@ -26,6 +26,7 @@ from lightning_dsrl.metrics import (
     div_answers,
     div_equ,
     mean_at_k,
+    paired_pass_at_k_bootstrap,
     pass_at_k_bootstrap,
     pass_at_k_curve,
     potential_at_k,
@@ -91,6 +92,33 @@ def test_bootstrap_interval_ignores_problem_order_and_collapses_on_identical_pro
     low, high = pass_at_k_bootstrap(torch.full((10,), 4), torch.full((10,), 1), [1, 2], 100)
     torch.testing.assert_close(low, torch.tensor([0.25, 0.5], dtype=torch.float64))
     torch.testing.assert_close(high, low)
+
+
+def test_paired_bootstrap_difference_and_what_it_resamples():
+    g = torch.Generator().manual_seed(0)
+    n = torch.full((3, 50), 8)
+    c_a = torch.randint(0, 9, (3, 50), generator=g)
+    c_b = (c_a + torch.randint(0, 3, (3, 50), generator=g)).clamp(max=8)
+    diff, low, high = paired_pass_at_k_bootstrap(n, c_a, n, c_b, [1, 8], 500)
+    # pass@1 is c / n, so its mean difference is the mean of (c_b - c_a) / 8 over all 150 cells
+    torch.testing.assert_close(diff[0], ((c_b - c_a).double() / 8).mean())
+    torch.testing.assert_close(diff, pass_at_k_curve(n.flatten(), c_b.flatten(), [1, 8])
+                               - pass_at_k_curve(n.flatten(), c_a.flatten(), [1, 8]))
+    assert (low <= diff).all() and (diff <= high).all() and (low >= 0).all() and low[0] > 0  # b is never worse
+    # an arm against itself: every resample's difference is 0
+    for bound in paired_pass_at_k_bootstrap(n, c_a, n, c_a, [1, 2], 100)[1:]:
+        assert bound.tolist() == [0.0, 0.0]
+    # seeds are resampled: seed 0 gains 0.25 on every problem, seed 1 nothing. Resampling problems
+    # alone would give the interval [0.125, 0.125]; resampling the 2 seeds draws (1, 1) a quarter
+    # of the time (difference 0) and (0, 0) a quarter of the time (0.25)
+    n2, zero = torch.full((2, 20), 4), torch.zeros(2, 20, dtype=torch.long)
+    gain = torch.tensor([[1] * 20, [0] * 20])
+    diff, low, high = paired_pass_at_k_bootstrap(n2, zero, n2, gain, [1], 400, confidence=0.9)
+    assert (diff.item(), low.item(), high.item()) == pytest.approx((0.125, 0.0, 0.25))
+    with pytest.raises(ValueError, match="seeds, problems"):
+        paired_pass_at_k_bootstrap(n.flatten(), c_a.flatten(), n.flatten(), c_b.flatten(), [1])
+    with pytest.raises(ValueError, match="pass@16 needs at least 16 samples"):
+        paired_pass_at_k_bootstrap(n, c_a, n, c_b, [16])
 
 
 @pytest.mark.filterwarnings("ignore:The ``compute`` method of metric PassAtK was called before")

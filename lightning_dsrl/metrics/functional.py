@@ -31,6 +31,7 @@ __all__ = [
     "powers_of_two",
     "pass_at_k_curve",
     "pass_at_k_bootstrap",
+    "paired_pass_at_k_bootstrap",
     "mean_at_k",
     "potential_at_k",
     "div_equ",
@@ -172,6 +173,51 @@ def pass_at_k_bootstrap(
     q = torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64)
     low, high = torch.quantile(means, q, dim=0)
     return low.to(n.device), high.to(n.device)
+
+
+def paired_pass_at_k_bootstrap(
+    n_a: Tensor, c_a: Tensor, n_b: Tensor, c_b: Tensor, ks: list[int], num_resamples: int = 2000,
+    confidence: float = 0.95, seed: int = 0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean difference of pass@k between two arms, ``b - a``, with a percentile bootstrap interval
+    over seeds and problems: ``(difference [K], low [K], high [K])``, float64.
+
+    Counts are ``[S, P]``: row ``s`` of each arm is its run with seed ``s``, evaluated on the same
+    ``P`` problems in the same order, so the two arms are paired by seed and by problem. The
+    difference is the mean over the ``S x P`` cells of ``pass@k(b) - pass@k(a)``; each resample
+    draws ``S`` seeds and ``P`` problems with replacement, independently, and takes the mean over
+    the drawn cells, so the interval covers both the spread between seeds and between problems.
+
+    >>> n = torch.full((1, 2), 4)
+    >>> paired_pass_at_k_bootstrap(n, torch.tensor([[1, 0]]), n, torch.tensor([[3, 0]]), [1])[0]  # (3/4 - 1/4 + 0)/2
+    tensor([0.2500], dtype=torch.float64)
+    """
+    counts = [torch.as_tensor(x).long() for x in (n_a, c_a, n_b, c_b)]
+    if any(x.dim() != 2 or x.shape != counts[0].shape for x in counts) or not counts[0].numel():
+        raise ValueError(f"counts must be [seeds, problems] of one shape, got {[tuple(x.shape) for x in counts]}")
+    if not 0 < confidence < 1 or num_resamples < 1:
+        raise ValueError(f"need 0 < confidence < 1 and num_resamples >= 1, got {confidence}, {num_resamples}")
+    for n, c in ((counts[0], counts[1]), (counts[2], counts[3])):
+        _check_counts(n.flatten(), c.flatten(), ks)
+    num_seeds, num_problems = counts[0].shape
+    diff = (_pass_at_k_matrix(counts[2].flatten(), counts[3].flatten(), ks)
+            - _pass_at_k_matrix(counts[0].flatten(), counts[1].flatten(), ks)).reshape(num_seeds, num_problems, -1)
+    generator = torch.Generator().manual_seed(seed)
+
+    def draws(size: int, num: int) -> Tensor:
+        """``[size, num]``: how often each of ``num`` indices is drawn in each of ``size`` resamples."""
+        index = torch.randint(0, num, (size, num), generator=generator)
+        ones = torch.ones(size, num, dtype=torch.float64)
+        return torch.zeros(size, num, dtype=torch.float64).scatter_add_(1, index, ones)
+
+    means = []
+    for start in range(0, num_resamples, 256):
+        size = min(256, num_resamples - start)
+        means.append(torch.einsum("rs,spk,rp->rk", draws(size, num_seeds), diff, draws(size, num_problems))
+                     / (num_seeds * num_problems))  # [size, K]
+    alpha = (1.0 - confidence) / 2
+    low, high = torch.quantile(torch.cat(means), torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64), dim=0)
+    return diff.mean(dim=(0, 1)), low, high
 
 
 def mean_at_k(n: Tensor, c: Tensor) -> Tensor:
