@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Zipf exponent of the solution distribution: weight 1/rank**skew (0: uniform)")
     g.add_argument("--wrong-fraction", type=float, default=0.5,
                    help="share of the training examples made wrong (0: correct solutions only)")
-    g.add_argument("--wrong-kinds", nargs="+", choices=MISTAKES, default=["shift"],
+    g.add_argument("--wrong-kinds", nargs="+", choices=MISTAKES, default=list(MISTAKES),
                    help="the mistakes of a wrong example, one drawn uniformly per example: shift (one number moved "
                         "by 1-3), repeat (another number of the list in place of one), slip (one operator changed, "
                         "so the value misses the target)")
@@ -429,7 +429,9 @@ def model_card(args: argparse.Namespace, metrics: dict, num_params: int, size_mb
     pool = {"train": "the RL task's train split",
             "space": f"every problem of these ranges with >= {args.min_solutions} solutions except {held_out}",
             "all": f"every problem of these ranges except {held_out}"}[args.pool]
-    command = "python scripts/pretrain_countdown.py" + ("" if not argv else " " + " ".join(argv))
+    # where the files were written is no part of how they were made
+    shown = [a for i, a in enumerate(argv) if a != "--output" and (i == 0 or argv[i - 1] != "--output")]
+    command = " ".join(["python scripts/pretrain_countdown.py", *shown])
     lines = [
         "# countdown-lm: the embedded CountDown model of lightning_dsrl",
         "",
@@ -449,29 +451,30 @@ def model_card(args: argparse.Namespace, metrics: dict, num_params: int, size_mb
         "the value misses the target",
         "- Prompt: `Numbers: 15 1 10\\nTarget: 25\\n`; completion: `<answer>1*15+10</answer></s>` (solutions in normal form)",
     ]
-    names = {"test": f"the RL task's {args.num_test} test problems (held out)",
-             "val": f"the RL task's {args.num_val} val problems (held out)",
-             "train": "the first RL training problems (seen in pretraining: where RL starts)"}
+    names = {"test": "test (held out)", "val": "val (held out)",
+             "train": "train (the RL problems, seen in pretraining: where RL starts)"}
     evals = metrics.get("eval") or {}
     if evals:
-        lines += ["", f"Base figures, {next(iter(evals.values()))['samples_per_problem']} samples per problem at T = 1 "
-                  "(95% bootstrap interval over problems; the wrong samples by their first failed check: "
-                  "a number not in the list, one used too often, one left out, a wrong value):", "",
-                  "| problems | pass@1 | pass@8 | pass@64 | greedy | distinct correct (solved) | top share | "
-                  "foreign / repeat / missing / value / malformed |",
-                  "|---|---|---|---|---|---|---|---|"]
+        samples = next(iter(evals.values()))["samples_per_problem"]
+        ks = [k for k in (1, 8, samples) if f"pass@{k}" in next(iter(evals.values()))]
+        lines += ["", f"Base figures: the RL task's splits, {samples} samples per problem at T = 1 (95% bootstrap "
+                  "interval over problems). Top share: the share of a solved problem's correct samples taken by its "
+                  "most common solution. Mistakes: the share of all samples by the first check they fail: a number "
+                  "not in the list, one used too often, one left out, a wrong value, or no expression at all.", "",
+                  "| split | problems | " + " | ".join(f"pass@{k}" for k in ks) + " | greedy | "
+                  "distinct correct (solved) | top share | foreign / repeat / missing / value / malformed |",
+                  "|---|---|" + "---|" * len(ks) + "---|---|---|---|"]
     for split, ev in evals.items():
-        top = max(int(k.split("@")[1]) for k in ev if k.startswith("pass@"))
         cells = [f"{ev[f'pass@{k}']:.3f} [{ev['ci95'][f'pass@{k}'][0]:.3f}, {ev['ci95'][f'pass@{k}'][1]:.3f}]"
-                 if f"pass@{k}" in ev else "" for k in (1, 8, top)]
+                 for k in ks]
         o = ev["outcomes"]
-        lines.append(f"| {names[split]}, {ev['problems']} | {' | '.join(cells)} | {ev['greedy_accuracy']:.3f} | "
+        lines.append(f"| {names[split]} | {ev['problems']} | {' | '.join(cells)} | {ev['greedy_accuracy']:.3f} | "
                      f"{ev['distinct_correct_when_solved']:.2f} | {ev['top_solution_share']:.0%} | "
                      f"{o['foreign']:.3f} / {o['repeat']:.3f} / {o['missing']:.3f} / {o['value']:.3f} / "
                      f"{o['malformed']:.3f} |")
     if evals:
-        lines += ["", "(pass@64 column: pass@k at the largest k measured; top share: the share of a solved problem's "
-                  "correct samples taken by its most common solution.) The curves are in `base_passk.png`."]
+        lines += ["", "The curves are in `base_passk.png`; GRPO on this model, over seeds, in `docs/testbed/` and `docs/study/` of the "
+                  "repository."]
     lines += ["", "Figures in `base_metrics.json`. Load with `AutoModelForCausalLM.from_pretrained` and "
               "`AutoTokenizer.from_pretrained` on this directory.", ""]
     return "\n".join(lines)

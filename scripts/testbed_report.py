@@ -92,8 +92,11 @@ def _step(workdir: Path, arm: str, seed: int, argv: list[str]) -> dict:
     print(f"[{time.strftime('%H:%M:%S')}] {arm} seed {seed}: {' '.join(command[1:])}", flush=True)
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    with (workdir / f"{arm}_seed_{seed}.log").open("w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    log_path = workdir / f"{arm}_seed_{seed}.log"
+    with log_path.open("w") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+    if code:
+        raise SystemExit(f"error: {arm} seed {seed} exited with code {code}; its output is in {log_path}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     record = {"command": " ".join(["python", *command[1:]]).replace(str(workdir), "<workdir>").replace(
                   f"{ROOT}/", ""),
@@ -194,8 +197,8 @@ def _history(run_dir: Path) -> list[dict]:
 
 # ---------------------------------------------------------------------------- the report
 def figure(summary: dict, path: Path) -> None:
-    curves = [Curve(f"{label} ({len(summary['seeds'])} seeds)", summary["k"], arm["pass@k"], arm["low"], arm["high"],
-                    confidence=0.95)
+    seeds = f"{len(summary['seeds'])} seed{'s' if len(summary['seeds']) > 1 else ''}"
+    curves = [Curve(f"{label} ({seeds})", summary["k"], arm["pass@k"], arm["low"], arm["high"], confidence=0.95)
               for label, arm in (("base model", summary["arms"]["base"]), ("GRPO", summary["arms"]["grpo"]))]
     title = (f"{summary['name']}: {summary['problems']} {summary['split']} problems x "
              f"{summary['samples_per_problem']} samples, T=1")
@@ -222,7 +225,17 @@ def markdown(summaries: list[dict]) -> str:
              "RL saw: `test` for the final measurement, `val` (the split to tune on) for the exploration. "
              "GRPO is `configs/grpo.yaml` at its default length (128 steps); pass@k is the unbiased estimator; "
              "intervals are 95% percentile bootstraps over seeds and problems, paired (the same problems and seeds "
-             "for both arms) for differences.", ""]
+             "for both arms) for differences.", "",
+             "| measurement | split x samples | seeds | pretraining mix | base pass@1 | GRPO pass@1 | "
+             "GRPO - base, pass@1 | base pass@64 | GRPO pass@64 | targets met |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for summary in summaries:
+        base, grpo = summary["arms"]["base"]["pass@k"], summary["arms"]["grpo"]["pass@k"]
+        d = summary["difference_grpo_minus_base"]
+        lines.append(f"| [{summary['name']}](#{summary['name']}) | {summary['problems']} {summary['split']} x "
+                     f"{summary['samples_per_problem']} | {len(summary['seeds'])} | {_mix(summary)} | {base[0]:.3f} | "
+                     f"{grpo[0]:.3f} | {_ci(d['mean'][0], d['low'][0], d['high'][0])} | {base[-1]:.3f} | "
+                     f"{grpo[-1]:.3f} | {sum(t['met'] for t in summary['targets'])} of {len(summary['targets'])} |")
+    lines.append("")
     for summary in summaries:
         ks, base, grpo = summary["k"], summary["arms"]["base"], summary["arms"]["grpo"]
         d = summary["difference_grpo_minus_base"]

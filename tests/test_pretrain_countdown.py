@@ -163,4 +163,4 @@ def test_short_pretraining_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
     assert model.config.hidden_size == 32 and len(tokenizer) == 101
     assert (out / "base_metrics.json").is_file() and (out / "base_passk.png").stat().st_size > 0
     card = (out / "README.md").read_text()
-    assert "50% of the examples made wrong" in card and "the RL task's 40 test problems (held out)" in card
+    assert "50% of the examples made wrong" in card and "| test (held out) | 8 |" in card
