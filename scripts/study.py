@@ -13,7 +13,7 @@ A study YAML names arms (a config plus command-line overrides), seeds, and the e
     baseline: grpo                    # every other arm is compared with this one
     common_args: []                   # given to every fit and every validate
     fit_args: [--trainer.limit_val_batches, "0"]
-    eval_args: [--data.task.init_args.eval_split, test, --rollout.val_num_generations, "64"]
+    eval_args: [--data.eval_split, test, --rollout.val_num_generations, "64"]
     bootstrap: 2000                   # resamples of every interval
     arms:
       base: {config: configs/grpo.yaml, train: false}   # the model before RL: validate only
