@@ -283,7 +283,8 @@ class RLModule(LightningModule):
         run = {"stage": str(self.trainer.state.fn.value) if self.trainer.state.fn else None,
                "model": self.spec.name_or_path,
                "ckpt_path": str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None,
-               "global_step": int(self.global_step)}
+               "global_step": int(self.global_step),
+               "split": getattr(self.trainer.datamodule, "eval_split", None)}  # None: a dataloader without one
         experiment = self.logger.experiment if isinstance(self.logger, TensorBoardLogger) else None
         self.evaluation.write(result, run_dir, run, experiment,
                               print_table=self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING))

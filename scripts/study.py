@@ -13,7 +13,7 @@ A study YAML names arms (a config plus command-line overrides), seeds, and the e
     baseline: grpo                    # every other arm is compared with this one
     common_args: []                   # given to every fit and every validate
     fit_args: [--trainer.limit_val_batches, "0"]
-    eval_args: [--data.task.init_args.eval_split, test, --rollout.val_num_generations, "64"]
+    eval_args: [--data.eval_split, test, --rollout.val_num_generations, "64"]
     bootstrap: 2000                   # resamples of every interval
     arms:
       base: {config: configs/grpo.yaml, train: false}   # the model before RL: validate only
@@ -247,7 +247,10 @@ def summarise(study: Study) -> dict[str, Any]:
     arms = {}
     for name, values in passk.items():
         mean, low, high = bootstrap_mean(values, study.bootstrap)
+        # the curve's mean over the k grid (equal weight per doubling): one number to choose settings by
+        curve_mean = [float(x[0]) for x in bootstrap_mean(values.mean(-1, keepdim=True), study.bootstrap)]
         entry = {"seeds": seeds_of[name], "pass@k": mean.tolist(), "low": low.tolist(), "high": high.tolist(),
+                 "curve_mean": curve_mean,
                  "per_seed": values.mean(1).tolist(),
                  "samples_to_reach_baseline": samples_to_reach(*counts[name], target),
                  "values": {k: _mean_sd([r["values"].get(k) for r in results[name]]) for k in SCALARS},
@@ -257,8 +260,9 @@ def summarise(study: Study) -> dict[str, Any]:
             mine = values[[seeds_of[name].index(s) for s in paired]]
             theirs = passk[study.baseline][[seeds_of[study.baseline].index(s) for s in paired]]
             diff, dlow, dhigh = bootstrap_mean(mine - theirs, study.bootstrap)
+            curve = [float(x[0]) for x in bootstrap_mean((mine - theirs).mean(-1, keepdim=True), study.bootstrap)]
             entry["minus_baseline"] = {"seeds": paired, "mean": diff.tolist(), "low": dlow.tolist(),
-                                       "high": dhigh.tolist()}
+                                       "high": dhigh.tolist(), "curve_mean": curve}
         arms[name] = entry
     return {"name": study.name, "baseline": study.baseline, "k": ks, "problems": len(problems),
             "samples_per_problem": int(counts[study.baseline][0].min()), "confidence": 0.95,
@@ -279,6 +283,15 @@ def _fmt_mean_sd(value: dict[str, float] | None, digits: int) -> str:
     return "n/a" if value is None else f"{value['mean']:.{digits}f} ± {value['sd']:.{digits}f}"
 
 
+def _fmt_interval(interval, signed: bool = False) -> str:
+    """``value [low, high]``; a signed difference is bold when its interval excludes 0."""
+    value, low, high = interval
+    if not signed:
+        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+    cell = f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"
+    return f"**{cell}**" if low > 0 or high < 0 else cell
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """Two tables: pass@k per arm with its interval and the scalars; every arm minus the baseline."""
     ks, base = summary["k"], summary["baseline"]
@@ -287,27 +300,25 @@ def markdown(summary: dict[str, Any]) -> str:
              f"seeds and problems, [95% bootstrap interval over seeds and problems, {summary['bootstrap']} resamples]. "
              f"Total compute {summary['cpu_min_total']:.0f} CPU-minutes.", "",
              "| arm | seeds | " + " | ".join(f"pass@{k}" for k in ks)
-             + " | k to reach baseline's pass@" + str(ks[-1]) + " | distinct correct | Div-Equ | entropy | greedy |",
-             "|---|---|" + "---|" * (len(ks) + 5)]
+             + " | mean over k | k to reach baseline's pass@" + str(ks[-1])
+             + " | distinct correct | Div-Equ | entropy | greedy |",
+             "|---|---|" + "---|" * (len(ks) + 6)]
     for name, arm in summary["arms"].items():
-        cells = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in zip(arm["pass@k"], arm["low"], arm["high"])]
+        cells = [_fmt_interval(interval) for interval in zip(arm["pass@k"], arm["low"], arm["high"])]
         reach = arm["samples_to_reach_baseline"]
 
         scalars = [_fmt_mean_sd(arm["values"].get(key), digits)
                    for key, digits in (("distinct_correct", 2), ("div_equ", 1), ("entropy", 3), ("greedy_accuracy", 3))]
-        lines.append(f"| {name} | {len(arm['seeds'])} | " + " | ".join(cells)
+        lines.append(f"| {name} | {len(arm['seeds'])} | " + " | ".join(cells) + f" | {_fmt_interval(arm['curve_mean'])}"
                      + f" | {reach if reach else '> ' + str(ks[-1])} | " + " | ".join(scalars) + " |")
     lines += ["", f"Paired difference to `{base}` (same seeds, same problems); **bold**: the interval excludes 0.", "",
-              "| arm | " + " | ".join(f"pass@{k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+              "| arm | " + " | ".join(f"pass@{k}" for k in ks) + " | mean over k |", "|---|" + "---|" * (len(ks) + 1)]
     for name, arm in summary["arms"].items():
         if "minus_baseline" not in arm:
             continue
         d = arm["minus_baseline"]
-        cells = []
-        for v, lo, hi in zip(d["mean"], d["low"], d["high"]):
-            cell = f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-            cells.append(f"**{cell}**" if lo > 0 or hi < 0 else cell)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        cells = [_fmt_interval(interval, signed=True) for interval in zip(d["mean"], d["low"], d["high"])]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_fmt_interval(d['curve_mean'], signed=True)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,7 @@ from lightning_dsrl.__main__ import cli_main
 from lightning_dsrl.cli import DSRLCLI
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(ROOT.glob("configs/**/*.yaml"))
+CONFIGS = sorted(p for p in ROOT.glob("configs/**/*.yaml") if "study" not in p.parts)  # study files: test_study.py
 BASE = str(ROOT / "configs" / "ds_grpo.yaml")
 
 

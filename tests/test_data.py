@@ -27,6 +27,23 @@ def test_countdown_is_seeded_and_splits_are_disjoint():
     assert len(train) == 40 and len(val) == 10 and not train & val
 
 
+def test_the_test_split_comes_after_val_and_leaves_train_and_val_as_they_were():
+    key = lambda r: (tuple(sorted(r.meta["numbers"])), r.meta["target"])  # noqa: E731
+    task, before = small_countdown(num_test=20), small_countdown()
+    for split in ("train", "val"):
+        assert [r.prompt for r in task.records(split)] == [r.prompt for r in before.records(split)]
+    held_out = {key(r) for r in task.records("train") + task.records("val")}
+    test = {key(r) for r in task.records("test")}
+    assert len(test) == 20 and not test & held_out
+    assert small_countdown().records("test") == []  # num_test defaults to 0
+    too_many = small_countdown(num_test=5000)
+    assert len(too_many.records("train")) == 40  # only the split that does not fit is refused
+    with pytest.raises(ConfigError, match=r"data.task.num_test=5000: only \d+ .* lower num_test"):
+        too_many.records("test")
+    with pytest.raises(ConfigError, match=r"data.eval_split='test': AdditionTask has the splits \['train', 'val'\]"):
+        AdditionTask(num_train=20, num_val=5).records("test")
+
+
 def test_every_countdown_problem_is_solvable_with_enough_solutions():
     task = small_countdown(min_solutions=2)
     for record in task.records("train") + task.records("val"):
@@ -90,3 +107,20 @@ def test_validation_shards_count_every_problem_once():
         counted += [r.uid for b in batches for r, c in zip(b.records, b.counted) if c]
         assert sum(not c for b in batches for c in b.counted) == (0 if rank == 0 else 1)
     assert sorted(counted) == list(range(10))
+
+
+def test_datamodule_evaluates_the_split_eval_split_names():
+    task = small_countdown(num_test=12)
+    dm = PromptDataModule(task, batch_size=8, eval_split="test", max_val_prompts=10)
+    evaluated = [r for batch in dm.val_dataloader() for r in batch.records]
+    assert [r.prompt for r in evaluated] == [r.prompt for r in task.records("test")[:10]]
+    assert len(dm.train_dataloader().dataset) == 40  # max_val_prompts cuts the evaluated split only
+    on_train = PromptDataModule(small_countdown(), batch_size=8, eval_split="train", max_val_prompts=5)
+    assert len(on_train.val_dataloader().dataset) == 5 and len(on_train.train_dataloader().dataset) == 40
+    assert PromptDataModule(task, batch_size=8).eval_split == "val"
+    with pytest.raises(ConfigError, match=r"data.eval_split='dev': CountdownTask has the splits"):
+        PromptDataModule(task, batch_size=8, eval_split="dev")
+    with pytest.raises(ConfigError, match="no test prompts; set data.task.num_test > 0"):
+        PromptDataModule(small_countdown(), batch_size=8, eval_split="test").val_dataloader()
+    with pytest.raises(ConfigError, match="AdditionTask has the splits"):
+        PromptDataModule(AdditionTask(num_train=20, num_val=5), batch_size=4, eval_split="test")

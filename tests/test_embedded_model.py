@@ -21,13 +21,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_shipped_files_and_size():
     path = Path(resolve_model_path(DEFAULT_MODEL))
     for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                 "tokenizer_config.json", "base_metrics.json", "README.md"):
+                 "tokenizer_config.json", "base_metrics.json", "README.md", "base_passk.png"):
         assert (path / name).is_file(), name
     assert sum(f.stat().st_size for f in path.iterdir()) <= 20 * 2**20
     # the setuptools rule that puts them into the wheel
     assert 'lightning_dsrl = ["assets/**/*"]' in (ROOT / "pyproject.toml").read_text()
-    metrics = json.loads((path / "base_metrics.json").read_text())["eval"]
-    assert 0.10 <= metrics["pass@1"] <= 0.60 and metrics["pass@16"] > metrics["pass@1"] + 0.2
+    # the testbed's targets for the base model, on the held-out val problems it was designed on (64 samples
+    # each); the test split's figures, over seeds, are the study's base arm (docs/study/)
+    metrics = json.loads((path / "base_metrics.json").read_text())
+    val = metrics["eval"]["val"]
+    assert val["problems"] == 200 and val["samples_per_problem"] == 64
+    assert 0.15 <= val["pass@1"] <= 0.40 and val["pass@64"] >= 0.85
+    assert metrics["args"]["wrong_fraction"] > 0  # the mistakes RL can learn to avoid are in the data
 
 
 def test_loads_offline_from_the_package_path():

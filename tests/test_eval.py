@@ -13,6 +13,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_dsrl.__main__ import cli_main
+from lightning_dsrl.data import CountdownTask
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "configs" / "ds_grpo.yaml")
@@ -76,6 +77,7 @@ def test_validate_writes_metrics_samples_and_the_passk_plot(tmp_path, tiny_model
     assert_report(report, problems=4, samples=4)
     assert report["settings"]["ckpt_path"] is None and report["settings"]["model"] == tiny_model_dir
     assert report["settings"]["stage"] == "validate" and report["settings"]["temperature"] == 1.0
+    assert report["settings"]["split"] == "val"
 
     rows = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 4
@@ -100,6 +102,8 @@ def test_validate_writes_metrics_samples_and_the_passk_plot(tmp_path, tiny_model
         (["--data.task.init_args.num_val", "0"], "no val prompts"),
         (["--data.max_val_prompts", "0"], "no val prompts"),
         (["--model.val_bootstrap", "-1"], "model.val_bootstrap"),
+        (["--data.eval_split", "dev"], "data.eval_split='dev': CountdownTask has the splits"),
+        (["--data.eval_split", "test", "--data.task.init_args.num_test", "0"], "no test prompts"),
     ],
 )
 def test_validate_mistakes_end_in_one_clear_message(tmp_path, tiny_model_dir, capsys, args, message):
@@ -108,6 +112,18 @@ def test_validate_mistakes_end_in_one_clear_message(tmp_path, tiny_model_dir, ca
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_validate_evaluates_the_split_data_eval_split_names(tmp_path, tiny_model_dir):
+    cli_main(["validate", *small_run(tmp_path, tiny_model_dir, "--data.eval_split", "test",
+                                     "--data.max_val_prompts", "3")])
+    run = next((tmp_path / "runs" / "ds_grpo").glob("version_*"))
+    report = json.loads((run / "eval" / "metrics.json").read_text())
+    assert report["settings"]["split"] == "test" and report["num_problems"] == 3
+    rows = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text().splitlines()]
+    # the config's task (500 test problems after its val split) with small_run's train and val sizes
+    task = CountdownTask(num_train=30, num_val=4, num_test=500)
+    assert [row["prompt"] for row in rows] == [r.prompt for r in task.records("test")[:3]]
 
 
 def test_periodic_validation_in_fit_then_validate_a_checkpoint(tmp_path, tiny_model_dir):

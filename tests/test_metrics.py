@@ -93,7 +93,6 @@ def test_bootstrap_interval_ignores_problem_order_and_collapses_on_identical_pro
     torch.testing.assert_close(high, low)
 
 
-@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric PassAtK was called before")
 def test_pass_at_k_bad_input_raises_clearly():
     metric = PassAtK(ks=[1, 32])
     metric.update(torch.tensor([16, 16]), torch.tensor([3, 0]))

@@ -6,7 +6,9 @@ downloaded: numbers uniform in ``[min_number, max_number]``, and a target drawn 
 the integers in ``[min_target, max_target]`` that the numbers reach in at least
 ``min_solutions`` distinct ways (distinct up to commutativity and regrouping, see
 :func:`~lightning_dsrl.rewards.countdown.normalize_expression`). The pool of distinct problems is
-split into train and validation, so the two never share a problem.
+shuffled with the seed and cut in order into train, val and test, so no two splits share a
+problem, and a split's problems do not depend on the sizes of the splits after it (adding a
+test split leaves train and val as they were).
 """
 
 from __future__ import annotations
@@ -95,12 +97,16 @@ class CountdownTask(Task):
         max_target: largest target (inclusive).
         min_solutions: keep only targets reachable in at least this many distinct ways.
         num_train: training problems.
-        num_val: held-out problems (disjoint from training).
+        num_val: held-out problems (disjoint from training): in-run validation, and the split to
+            tune hyper-parameters on.
+        num_test: a second held-out split, after val: the problems a study reports (0: none).
         seed: generator seed; the same seed gives the same problems on every machine.
         template: ``compact``, ``tinyzero``, or a format string with ``{numbers}`` (space
             separated), ``{numbers_list}`` (``[3, 7, 12]``) and ``{target}``.
         chat: send the prompt through the tokenizer's chat template.
     """
+
+    splits = ("train", "val", "test")
 
     def __init__(
         self,
@@ -112,6 +118,7 @@ class CountdownTask(Task):
         min_solutions: int = 2,
         num_train: int = 1900,
         num_val: int = 200,
+        num_test: int = 0,
         seed: int = 0,
         template: str = "compact",
         chat: bool = False,
@@ -123,11 +130,11 @@ class CountdownTask(Task):
             raise ConfigError(f"data.task: need 0 <= min_number <= max_number, got {min_number}, {max_number}")
         if min_target > max_target:
             raise ConfigError(f"data.task: min_target={min_target} > max_target={max_target}")
-        if num_train < 0 or num_val < 0:
-            raise ConfigError("data.task.num_train and num_val must be >= 0")
+        if min(num_train, num_val, num_test) < 0:
+            raise ConfigError("data.task.num_train, num_val and num_test must be >= 0")
         self.num_numbers, self.min_number, self.max_number = num_numbers, min_number, max_number
         self.min_target, self.max_target, self.min_solutions = min_target, max_target, max(1, min_solutions)
-        self.num_train, self.num_val, self.seed, self.chat = num_train, num_val, seed, chat
+        self.num_train, self.num_val, self.num_test, self.seed, self.chat = num_train, num_val, num_test, seed, chat
         self.template = TEMPLATES.get(template, template)
         self._pool: list[tuple[tuple[int, ...], int, tuple[str, ...]]] | None = None
         try:
@@ -139,27 +146,38 @@ class CountdownTask(Task):
             ) from None
 
     def problems(self) -> list[tuple[tuple[int, ...], int, tuple[str, ...]]]:
-        """The pool of ``num_train + num_val`` distinct ``(numbers, target, solutions)``, seeded."""
+        """The pool of ``num_train + num_val + num_test`` distinct ``(numbers, target, solutions)``, seeded
+        (fewer when the space holds fewer: :meth:`build` says which split does not fit)."""
         if self._pool is None:
             self._pool = self._generate()
         return self._pool
 
     def _generate(self) -> list[tuple[tuple[int, ...], int, tuple[str, ...]]]:
         rng = random.Random(self.seed)
-        wanted = self.num_train + self.num_val
+        wanted = self.num_train + self.num_val + self.num_test
         span = self.max_number - self.min_number + 1
         if math.comb(span + self.num_numbers - 1, self.num_numbers) <= _ENUMERATE_UP_TO:
             pool = self._enumerate(rng)
         else:
             pool = self._sample(rng, wanted)
-        if len(pool) < wanted:
-            raise ConfigError(
-                f"data.task: only {len(pool)} distinct CountDown problems exist (or were found) with "
-                f"{self.num_numbers} numbers in [{self.min_number}, {self.max_number}], targets in "
-                f"[{self.min_target}, {self.max_target}] and >= {self.min_solutions} distinct solutions, but "
-                f"num_train + num_val = {wanted}; widen the ranges, lower min_solutions or ask for fewer"
-            )
         return pool[:wanted]
+
+    def _split_range(self, split: Split) -> tuple[int, int]:
+        """Where ``split`` lies in the pool; the pool must reach past train and val for every
+        split (both are always built), and past test for the test split."""
+        pool, needed = self.problems(), self.num_train + self.num_val
+        start, stop = {"train": (0, self.num_train), "val": (self.num_train, needed),
+                       "test": (needed, needed + self.num_test)}[split]
+        space = (f"only {len(pool)} distinct CountDown problems exist (or were found) with {self.num_numbers} "
+                 f"numbers in [{self.min_number}, {self.max_number}], targets in [{self.min_target}, "
+                 f"{self.max_target}] and >= {self.min_solutions} distinct solutions")
+        if len(pool) < needed:
+            raise ConfigError(f"data.task: {space}, but num_train + num_val = {needed}; widen the ranges, "
+                              "lower min_solutions or ask for fewer")
+        if len(pool) < stop:
+            raise ConfigError(f"data.task.num_test={self.num_test}: {space}, {len(pool) - needed} of them after "
+                              f"num_train + num_val = {needed}; lower num_test or widen the ranges")
+        return start, stop
 
     def _valid(self, numbers: tuple[int, ...]) -> dict[int, tuple[str, ...]]:
         solutions = solve(tuple(sorted(numbers)), self.min_target, self.max_target)
@@ -200,8 +218,8 @@ class CountdownTask(Task):
         )
 
     def build(self, split: Split) -> list[PromptRecord]:
-        pool = self.problems()
-        chosen = pool[: self.num_train] if split == "train" else pool[self.num_train :]
+        start, stop = self._split_range(split)
+        chosen = self.problems()[start:stop]
         return [
             PromptRecord(
                 prompt=self.render(numbers, target),

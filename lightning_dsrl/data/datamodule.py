@@ -58,7 +58,10 @@ class PromptDataModule(LightningDataModule):
         task: where the prompts come from (``CountdownTask``, ``AdditionTask``, ``MathTask``, ...).
         batch_size: prompts per rollout step and process; each becomes a group of ``rollout.num_generations``.
         val_batch_size: prompts per validation step (default: ``batch_size``).
-        max_val_prompts: evaluate only the first this-many validation prompts (``None``: all).
+        eval_split: the split ``validate`` and the validation during ``fit`` evaluate: ``val`` (the
+            held-out problems to tune on), ``test`` (held-out problems to report, for tasks that
+            have them, e.g. ``CountdownTask(num_test=...)``) or ``train``.
+        max_val_prompts: evaluate only the first this-many prompts of ``eval_split`` (``None``: all).
         shuffle: shuffle training prompts each epoch (seeded by ``seed``).
         seed: seed of the shuffling.
         num_workers: dataloader worker processes (prompts are cheap; 0 is usually right).
@@ -69,6 +72,7 @@ class PromptDataModule(LightningDataModule):
         task: Task,
         batch_size: int = 8,
         val_batch_size: int | None = None,
+        eval_split: str = "val",
         max_val_prompts: int | None = None,
         shuffle: bool = True,
         seed: int = 0,
@@ -77,7 +81,11 @@ class PromptDataModule(LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size}: need at least 1 prompt per step")
+        if eval_split not in task.splits:
+            raise ConfigError(f"data.eval_split={eval_split!r}: {type(task).__name__} has the splits "
+                              f"{list(task.splits)}; use one of them")
         self.task = task
+        self.eval_split = eval_split
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.max_val_prompts = max_val_prompts
@@ -85,13 +93,11 @@ class PromptDataModule(LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
 
-    def _records(self, split: str) -> list[PromptRecord]:
-        records = self.task.records(split)  # type: ignore[arg-type]
-        if split == "val" and self.max_val_prompts is not None:
-            records = records[: self.max_val_prompts]
+    def _records(self, split: str, limit: int | None = None) -> list[PromptRecord]:
+        records = self.task.records(split)[:limit]  # type: ignore[arg-type]
         if not records:
             name = type(self.task).__name__
-            option = "num_train" if split == "train" else "num_val"
+            option = f"num_{split}"
             raise ConfigError(f"data.task ({name}) has no {split} prompts; set data.task.{option} > 0 "
                               "or point it at a dataset with rows")
         return records
@@ -111,7 +117,7 @@ class PromptDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         # a DistributedSampler of our own, so Lightning does not put in one that repeats problems unmarked
-        dataset = EvalDataset(self._records("val"))
+        dataset = EvalDataset(self._records(self.eval_split, self.max_val_prompts))
         replicas, rank = self._shard()
         return DataLoader(dataset, batch_size=self.val_batch_size, sampler=EvalSampler(dataset, replicas, rank),
                           collate_fn=collate_eval, num_workers=self.num_workers)
