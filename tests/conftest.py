@@ -49,6 +49,12 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.fixture(scope="session")
+def wider_model_dir(tmp_path_factory) -> str:
+    """The tiny model with hidden size 48 instead of 32 (the same tokenizer): another model's shape."""
+    return build_tiny_model(tmp_path_factory.mktemp("wider-llama"), hidden=48)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "dsrl-cache"

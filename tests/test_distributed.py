@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -125,17 +124,6 @@ def assert_same_validation(ranks: list[dict], out: Path, one: dict, one_out: Pat
     assert 0 < one["metrics"]["val/correct_rate"] < 1
 
 
-def wider_copy(model_dir: str, out: Path) -> str:
-    """The tiny model with hidden size 48 instead of 32 (same tokenizer files)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    shutil.copytree(model_dir, out, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
-    config = AutoConfig.from_pretrained(model_dir)
-    config.hidden_size, config.intermediate_size = 48, 96
-    AutoModelForCausalLM.from_config(config).save_pretrained(out)
-    return str(out)
-
-
 @pytest.fixture(scope="module")
 def single(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("dist") / "single"
@@ -198,7 +186,7 @@ def test_generation_on_the_sharded_policy_equals_one_process(tiny_model_dir, tmp
 
 
 @pytest.mark.slow
-def test_fsdp2_checkpoint_resumes_exactly_and_refuses_another_shape(tiny_model_dir, tmp_path):
+def test_fsdp2_checkpoint_resumes_exactly_and_refuses_another_shape(tiny_model_dir, wider_model_dir, tmp_path):
     # 3 steps (rollouts drawn from each rank's global generator) with a checkpoint after every step, then
     # the run resumed from step 1 (mid-epoch: 2 batches per epoch) for steps 2 and 3; both validate at the end
     full = spec(tiny_model_dir, "fsdp2", engine="hf", steps=3, checkpoint=True)
@@ -221,8 +209,7 @@ def test_fsdp2_checkpoint_resumes_exactly_and_refuses_another_shape(tiny_model_d
     for name in VAL:
         assert resumed[0]["metrics"][name] == pytest.approx(full_rank["metrics"][name], rel=1e-6), name
 
-    wider = wider_copy(tiny_model_dir, tmp_path / "wider")
-    results = launch(tmp_path / "wider-run", {**full, "model_dir": wider, "resume": str(ckpt), "checkpoint": False})
+    results = launch(tmp_path / "wider-run", {**full, "model_dir": wider_model_dir, "resume": str(ckpt), "checkpoint": False})
     for code, err in results:  # both ranks refuse it before loading anything, neither hangs
         assert code != 0
         assert re.search(r"ConfigError: ckpt_path: the checkpoint's \S+ has shape \[\d+, 32\] but the model built "

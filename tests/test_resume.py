@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,22 +80,10 @@ def test_last_without_an_earlier_run(tmp_path, tiny_model_dir, capsys):
     assert "--ckpt_path last: no earlier run" in line
 
 
-def wider_copy(model_dir: str, out: Path) -> str:
-    """The tiny model with hidden size 48 instead of 32 (same tokenizer files)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    shutil.copytree(model_dir, out, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
-    config = AutoConfig.from_pretrained(model_dir)
-    config.hidden_size, config.intermediate_size = 48, 96
-    AutoModelForCausalLM.from_config(config).save_pretrained(out)
-    return str(out)
-
-
-def test_checkpoint_of_another_model_shape_names_both(tmp_path, tiny_model_dir, capsys):
+def test_checkpoint_of_another_model_shape_names_both(tmp_path, tiny_model_dir, wider_model_dir, capsys):
     cli_main(args(tmp_path, tiny_model_dir, 1))
     ckpt = next(tmp_path.glob("ds_grpo/version_0/checkpoints/last.ckpt"))
-    wider = wider_copy(tiny_model_dir, tmp_path / "wider")
-    line = one_line_error(args(tmp_path / "other", wider, 2, "--ckpt_path", str(ckpt)), capsys)
+    line = one_line_error(args(tmp_path / "other", wider_model_dir, 2, "--ckpt_path", str(ckpt)), capsys)
     assert re.search(r"has shape \[\d+, 32\] but the model built from .* has \[\d+, 48\]", line), line
 
 
