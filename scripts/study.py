@@ -40,8 +40,10 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -146,13 +148,37 @@ def commands(study: Study, arm: Arm, seed: int) -> list[list[str]]:
     return out
 
 
+_LIVE: set[subprocess.Popen] = set()  # the jobs' running commands, killed when the runner is stopped
+_LIVE_LOCK = threading.Lock()
+_STOPPED = threading.Event()  # set by _stop: no job starts a command after it
+
+
+def _stop(signum: int, frame: Any) -> None:
+    """SIGTERM / SIGHUP: kill the running fits and validates (each job starts over on the next run), then exit.
+    Without this a killed runner leaves its children training on, unseen, into the runs they share."""
+    with _LIVE_LOCK:
+        _STOPPED.set()
+        for proc in _LIVE:
+            proc.kill()
+    print(f"stopped by signal {signum}: the running jobs were killed and start over on the next run", flush=True)
+    raise SystemExit(128 + signum)
+
+
 def _run(command: list[str], log) -> float:
     """Run ``command`` with one thread, its output appended to ``log``; its CPU seconds (user + system)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     log.write("$ " + " ".join(command) + "\n")
     log.flush()
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
+    with _LIVE_LOCK:
+        if _STOPPED.is_set():
+            raise RuntimeError("the study was stopped")
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        _LIVE.add(proc)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        with _LIVE_LOCK:
+            _LIVE.discard(proc)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"exit code {proc.returncode}")
@@ -385,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                 for command in commands(study, arm, seed):
                     print(" ".join(command[1:]))
         return 0
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
     failures = [] if args.summary_only else run_study(study, args.workers, set(args.only) if args.only else None)
     if any((job_dir(study, arm, s) / "result.json").is_file() for arm in study.arms if arm.name == study.baseline
            for s in study.seeds):

@@ -174,3 +174,28 @@ def test_every_study_config_builds_each_of_its_runs(path):
                 if option.startswith("--model.objective.init_args."):
                     got = getattr(cli.model.objective, option.rsplit(".", 1)[1])
                     assert str(got) == value or float(got) == float(value), (arm.name, option, got)
+
+
+def test_a_stopped_runner_leaves_no_job_running(tmp_path, tiny_model_dir):
+    """SIGTERM to the runner kills the fit it started (and starts no other job), so nothing keeps training unseen."""
+    import signal
+    import subprocess
+    import time
+
+    path = small_study(tmp_path, tiny_model_dir)
+    runner = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "study.py"), str(path), "--workers", "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    logs = [tmp_path / "runs" / arm / "seed_0" / "log.txt" for arm in ("base", "grpo")]
+    deadline = time.time() + 120
+    while not all(log.is_file() and "$ " in log.read_text() for log in logs):  # both jobs' commands started
+        assert time.time() < deadline and runner.poll() is None, "the jobs never started"
+        time.sleep(0.2)
+    children = subprocess.run(["pgrep", "-P", str(runner.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "no job process to stop"
+    runner.send_signal(signal.SIGTERM)
+    out, _ = runner.communicate(timeout=60)
+    time.sleep(1)
+    for pid in children:  # each one is gone, not orphaned
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    assert runner.returncode == 128 + signal.SIGTERM and "stopped by signal" in out
+    assert not any((tmp_path / "runs" / arm / "seed_0" / "result.json").exists() for arm in ("base", "grpo"))
