@@ -161,15 +161,16 @@ def test_every_study_config_builds_each_of_its_runs(path):
     arm's overrides applied: a misspelt option or a value out of range fails here, not hours into a study."""
     from lightning_dsrl.cli import DSRLCLI
 
-    study = _script().load_study(path)
+    runner = _script()
+    study = runner.load_study(path)
     assert study.baseline in {arm.name for arm in study.arms}
     for arm in study.arms:
-        for command in _script().commands(study, arm, study.seeds[0]):
-            args = [a for a in command[4:] if a != str(ROOT)]
-            if "--ckpt_path" in args:
+        given = dict(zip(arm.args[::2], arm.args[1::2]))
+        for command in runner.commands(study, arm, study.seeds[0]):
+            args = command[4:]  # after python -m lightning_dsrl <subcommand>
+            if "--ckpt_path" in args:  # the fit's checkpoint, not written yet
                 del args[args.index("--ckpt_path"):args.index("--ckpt_path") + 2]
             cli = DSRLCLI(args=args, run=False)
-            given = dict(zip(arm.args[::2], arm.args[1::2]))
             for option, value in given.items():
                 if option.startswith("--model.objective.init_args."):
                     got = getattr(cli.model.objective, option.rsplit(".", 1)[1])
