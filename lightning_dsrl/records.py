@@ -19,8 +19,10 @@ class PromptRecord:
     """One problem: the text shown to the model and what its verifier needs.
 
     ``prompt`` is plain text; when ``chat`` is true it is sent as a user message through the
-    tokenizer's chat template. ``answer`` is the reference answer (``None`` when the verifier
-    needs none), ``meta`` holds task data such as CountDown's ``numbers`` and ``target``.
+    tokenizer's chat template, after the earlier turns in ``history`` (``{"role", "content"}``
+    messages, e.g. a worked example as a user and an assistant turn). ``answer`` is the reference
+    answer (``None`` when the verifier needs none), ``meta`` holds task data such as CountDown's
+    ``numbers`` and ``target``.
     """
 
     prompt: str
@@ -28,6 +30,11 @@ class PromptRecord:
     meta: dict[str, Any] = field(default_factory=dict)
     chat: bool = False
     uid: int = -1
+    history: list[dict[str, str]] = field(default_factory=list)  # chat turns before the prompt (chat only)
+
+    def __post_init__(self) -> None:
+        if self.history and not self.chat:
+            raise ValueError("PromptRecord.history holds chat turns; it needs chat=True")
 
 
 @dataclass

@@ -15,6 +15,7 @@ A study YAML names arms (a config plus command-line overrides), seeds, and the e
     fit_args: [--trainer.limit_val_batches, "0"]
     eval_args: [--data.eval_split, test, --rollout.val_num_generations, "64"]
     bootstrap: 2000                   # resamples of every interval
+    curves: [train/correct_rate]      # TensorBoard scalars of each fit kept per step (optional)
     arms:
       base: {config: configs/grpo.yaml, train: false}   # the model before RL: validate only
       grpo: {config: configs/grpo.yaml}
@@ -24,7 +25,7 @@ Each run is ``python -m lightning_dsrl fit`` of the arm's config with ``--seed_e
 then ``validate`` of its last checkpoint with the same seed and ``eval_args``; a worker process
 runs one job (arm x seed) at a time with one thread (``OMP_NUM_THREADS=1``). A finished job leaves
 ``<runs_dir>/<arm>/seed_<s>/result.json`` (the per-problem correct counts, the evaluation's scalars,
-the commands and their CPU time); a study that is run again skips those, so an interrupted study
+the commands with the wall-clock, CPU time and peak memory of each, the fit's ``curves``); a study that is run again skips those, so an interrupted study
 resumes where it stopped (an unfinished job starts over).
 
 Statistics (``lightning_dsrl/metrics/paired.py``): pass@k for k = 1, 2, 4, ..., the samples per
@@ -77,6 +78,7 @@ class Study:
     fit_args: list[str] = field(default_factory=list)
     eval_args: list[str] = field(default_factory=list)
     bootstrap: int = 2000
+    curves: list[str] = field(default_factory=list)
 
 
 def _strings(value: Any, where: str) -> list[str]:
@@ -95,7 +97,7 @@ def load_study(path: str | Path) -> Study:
         raise SystemExit(f"error: no study file {path}; see configs/study/ for examples")
     raw = yaml.safe_load(path.read_text()) or {}
     known = {"name", "output", "runs_dir", "seeds", "baseline", "arms", "common_args", "fit_args", "eval_args",
-             "bootstrap"}
+             "bootstrap", "curves"}
     if unknown := set(raw) - known:
         raise SystemExit(f"error: {path}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
     for key in ("name", "output", "runs_dir", "seeds", "baseline", "arms"):
@@ -121,7 +123,7 @@ def load_study(path: str | Path) -> Study:
     return Study(str(raw["name"]), rooted(raw["output"]), rooted(raw["runs_dir"]), [int(s) for s in raw["seeds"]],
                  str(raw["baseline"]), arms, _strings(raw.get("common_args"), "common_args"),
                  _strings(raw.get("fit_args"), "fit_args"), _strings(raw.get("eval_args"), "eval_args"),
-                 int(raw.get("bootstrap", 2000)))
+                 int(raw.get("bootstrap", 2000)), _strings(raw.get("curves"), "curves"))
 
 
 # ------------------------------------------------------------------ running
@@ -164,14 +166,16 @@ def _stop(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _run(command: list[str], log) -> float:
-    """Run ``command`` with one thread, its output appended to ``log``; its CPU seconds (user + system)."""
+def _run(command: list[str], log) -> dict[str, float]:
+    """Run ``command`` with one thread, its output appended to ``log``; its wall-clock and CPU seconds (user +
+    system) and peak resident memory (MiB)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     log.write("$ " + " ".join(command) + "\n")
     log.flush()
     with _LIVE_LOCK:
         if _STOPPED.is_set():
             raise RuntimeError("the study was stopped")
+        start = time.time()
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         _LIVE.add(proc)
     try:
@@ -182,7 +186,23 @@ def _run(command: list[str], log) -> float:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"exit code {proc.returncode}")
-    return usage.ru_utime + usage.ru_stime
+    return {"wall_s": round(time.time() - start, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}  # Linux reports ru_maxrss in KiB
+
+
+def read_curves(fit_dir: Path, tags: list[str]) -> dict[str, dict[str, list[float]]]:
+    """``{tag: {"step": [...], "value": [...]}}`` of the TensorBoard scalars ``tags`` a fit wrote to ``fit_dir``."""
+    if not tags:
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(fit_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    present = set(events.Tags()["scalars"])
+    if missing := [t for t in tags if t not in present]:
+        raise RuntimeError(f"the fit in {fit_dir} logged no {missing}; its scalars are {sorted(present)}")
+    return {t: {"step": [e.step for e in events.Scalars(t)], "value": [e.value for e in events.Scalars(t)]}
+            for t in tags}
 
 
 def run_job(study: Study, arm: Arm, seed: int) -> dict[str, Any]:
@@ -191,12 +211,12 @@ def run_job(study: Study, arm: Arm, seed: int) -> dict[str, Any]:
     if where.exists():
         shutil.rmtree(where)  # an unfinished job starts over
     where.mkdir(parents=True)
-    start, cpu = time.time(), 0.0
+    start, usage = time.time(), []
     cmds = commands(study, arm, seed)
     with (where / "log.txt").open("w") as log:
         for command in cmds:
             try:
-                cpu += _run(command, log)
+                usage.append(_run(command, log))
             except RuntimeError as err:
                 raise RuntimeError(f"{arm.name} seed {seed}: `{' '.join(command[2:4])}` failed ({err}); "
                                    f"see {where / 'log.txt'}") from None
@@ -205,7 +225,9 @@ def run_job(study: Study, arm: Arm, seed: int) -> dict[str, Any]:
     rows = [json.loads(line) for line in (evaluation / "samples.jsonl").read_text().splitlines() if line.strip()]
     result = {
         "arm": arm.name, "seed": seed, "commands": [c[1:] for c in cmds],
-        "wall_s": round(time.time() - start, 1), "cpu_s": round(cpu, 1),
+        "wall_s": round(time.time() - start, 1), "cpu_s": round(sum(u["cpu_s"] for u in usage), 1),
+        "usage": {c[3]: u for c, u in zip(cmds, usage)},  # fit / validate: wall_s, cpu_s, peak_rss_mib
+        "curves": read_curves(where / "fit", study.curves) if arm.train else {},
         "problems": [row["prompt"] for row in rows],
         "n": [len(row["correct"]) for row in rows], "c": [sum(row["correct"]) for row in rows],
         "values": {k: metrics.get("values", {}).get(k) for k in SCALARS},
@@ -280,7 +302,8 @@ def summarise(study: Study) -> dict[str, Any]:
                  "per_seed": values.mean(1).tolist(),
                  "samples_to_reach_baseline": samples_to_reach(*counts[name], target),
                  "values": {k: _mean_sd([r["values"].get(k) for r in results[name]]) for k in SCALARS},
-                 "cpu_min": round(sum(r["cpu_s"] for r in results[name]) / 60, 1)}
+                 "cpu_min": round(sum(r["cpu_s"] for r in results[name]) / 60, 1),
+                 "usage": _usage(results[name]), "curves": _curves(results[name])}
         paired = [s for s in seeds_of[name] if s in seeds_of[study.baseline]]
         if name != study.baseline and paired:
             mine = values[[seeds_of[name].index(s) for s in paired]]
@@ -295,6 +318,30 @@ def summarise(study: Study) -> dict[str, Any]:
             "bootstrap": study.bootstrap, "arms": arms,
             "cpu_min_total": round(sum(a["cpu_min"] for a in arms.values()), 1),
             "commands": {name: rs[0]["commands"] for name, rs in results.items()}}
+
+
+def _usage(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per command (fit, validate): the mean wall-clock and CPU minutes over seeds and the largest peak memory."""
+    out = {}
+    for command in ("fit", "validate"):
+        runs = [r["usage"][command] for r in results if command in r.get("usage", {})]
+        if runs:
+            out[command] = {"wall_min": round(sum(u["wall_s"] for u in runs) / len(runs) / 60, 2),
+                            "cpu_min": round(sum(u["cpu_s"] for u in runs) / len(runs) / 60, 2),
+                            "peak_rss_mib": max(u["peak_rss_mib"] for u in runs), "runs": len(runs)}
+    return out
+
+
+def _curves(results: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Per tag: the steps every seed logged, the mean over seeds and the lowest and highest seed."""
+    out = {}
+    for tag in sorted({t for r in results for t in r.get("curves", {})}):
+        runs = [dict(zip(r["curves"][tag]["step"], r["curves"][tag]["value"])) for r in results if tag in r.get("curves", {})]
+        steps = sorted(set.intersection(*(set(run) for run in runs)))
+        values = torch.tensor([[run[step] for step in steps] for run in runs], dtype=torch.float64)  # [S, steps]
+        out[tag] = {"step": steps, "mean": values.mean(0).tolist(), "min": values.min(0).values.tolist(),
+                    "max": values.max(0).values.tolist(), "seeds": len(runs)}
+    return out
 
 
 def _mean_sd(values: list[float | None]) -> dict[str, float] | None:
@@ -345,6 +392,17 @@ def markdown(summary: dict[str, Any]) -> str:
         d = arm["minus_baseline"]
         cells = [_fmt_interval(interval, signed=True) for interval in zip(d["mean"], d["low"], d["high"])]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_fmt_interval(d['curve_mean'], signed=True)} |")
+    costs = [(name, arm["usage"]) for name, arm in summary["arms"].items() if arm.get("usage")]
+    if costs:
+        lines += ["", "Cost per run (one thread; mean over seeds; peak: the largest resident memory of any seed).", "",
+                  "| arm | fit wall-clock min | fit CPU min | fit peak MiB | validate wall-clock min | validate peak MiB |",
+                  "|---|---|---|---|---|---|"]
+        for name, usage in costs:
+            fit, val = usage.get("fit"), usage.get("validate")
+            cells = ([f"{fit['wall_min']:.1f}", f"{fit['cpu_min']:.1f}", f"{fit['peak_rss_mib']:.0f}"] if fit
+                     else ["-", "-", "-"])
+            cells += [f"{val['wall_min']:.1f}", f"{val['peak_rss_mib']:.0f}"] if val else ["-", "-"]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -379,6 +437,24 @@ def figures(summary: dict[str, Any], output: Path) -> list[Path]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     paths.append(save_figure(fig, output / "diff.png"))
+    tags = sorted({tag for arm in summary["arms"].values() for tag in arm.get("curves", {})})
+    if tags:
+        fig = Figure(figsize=(6.4 * len(tags), 4.4), dpi=100)
+        FigureCanvasAgg(fig)
+        for j, tag in enumerate(tags):
+            ax = fig.add_subplot(1, len(tags), j + 1)
+            for i, (name, arm) in enumerate(summary["arms"].items()):
+                if tag in arm.get("curves", {}):
+                    c = arm["curves"][tag]
+                    ax.plot(c["step"], c["mean"], color=f"C{i % 10}", label=f"{name} ({c['seeds']} seeds)")
+                    ax.fill_between(c["step"], c["min"], c["max"], color=f"C{i % 10}", alpha=0.15, linewidth=0)
+            ax.set_xlabel("training step")
+            ax.set_ylabel(tag)
+            ax.set_title(f"{tag}: mean over seeds (band: lowest to highest seed)", fontsize=10)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(save_figure(fig, output / "curves.png"))
     return paths
 
 
@@ -389,7 +465,8 @@ def write_summary(study: Study) -> dict[str, Any]:
     (study.output / "table.md").write_text(markdown(summary))
     figures(summary, study.output)
     print(markdown(summary))
-    print(f"written: {study.output}/{{summary.json,table.md,passk.png,diff.png}}")
+    print(f"written: {study.output}/{{summary.json,table.md,passk.png,diff.png}}"
+          + (" and curves.png" if any(a.get("curves") for a in summary["arms"].values()) else ""))
     return summary
 
 

@@ -78,6 +78,27 @@ def test_addition_task():
         AdditionTask(template="no placeholder")
 
 
+def test_addition_shots_are_worked_examples_in_neither_split():
+    task = AdditionTask(num_digits=1, num_train=40, num_val=57, shots=3, template="plain", chat=True)
+    train, val = task.records("train"), task.records("val")
+    history = val[0].history
+    assert [turn["role"] for turn in history] == ["user", "assistant"] * 3
+    examples = [turn["content"] for turn in history[0::2]]
+    asked = {r.prompt for r in train + val}
+    assert len(asked) == 97 and not asked & set(examples)  # all 100 one-digit sums: 3 examples, 97 problems
+    for question, answer in zip(history[0::2], history[1::2]):
+        a, b = map(int, question["content"].removeprefix("What is ").split("?")[0].split(" + "))
+        assert answer["content"] == f"<answer>{a + b}</answer>"
+    assert all(r.history == history and r.chat for r in train + val)
+    # without chat the same examples are lines of text before the question
+    plain = AdditionTask(num_digits=1, num_train=40, num_val=57, shots=3, template="plain").records("val")[0]
+    assert plain.history == [] and plain.prompt == "\n".join(t["content"] for t in history) + "\n" + val[0].prompt
+    with pytest.raises(ConfigError, match="101 problems requested"):
+        AdditionTask(num_digits=1, num_train=40, num_val=58, shots=3, template="plain")
+    with pytest.raises(ConfigError, match="already holds its own worked example"):
+        AdditionTask(shots=1, template="oneshot")
+
+
 def test_datamodule_batches_and_empty_splits():
     dm = PromptDataModule(small_countdown(), batch_size=8, seed=0)
     batch = next(iter(dm.train_dataloader()))

@@ -87,6 +87,22 @@ def test_chat_template_wraps_prompts_that_ask_for_it(tiny_model_dir, tmp_path):
         callback.sampler.encode(no_template, [PromptRecord("hi", chat=True)], max_new_tokens=4)
 
 
+def test_chat_history_goes_before_the_prompt(tiny_model_dir, tmp_path):
+    path = tmp_path / "chat-model"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    module = module_for(str(path))
+    history = [{"role": "user", "content": "What is 2+3?"}, {"role": "assistant", "content": "<answer>5</answer>"}]
+    callback = RolloutCallback(rewards=[CountdownReward()], num_generations=1, max_new_tokens=4)
+    ids = callback.sampler.encode(module, [PromptRecord("What is 4+1?", chat=True, history=history)], max_new_tokens=4)
+    assert module.tokenizer.decode(ids[0]) == ("[user] What is 2+3?\n[assistant] <answer>5</answer>\n"
+                                               "[user] What is 4+1?\n[assistant] ")
+    with pytest.raises(ValueError, match="chat=True"):
+        PromptRecord("hi", history=history)
+
+
 def test_tokenizer_without_pad_token_pads_with_eos_on_the_left(tiny_model_dir, tmp_path):
     path = tmp_path / "no-pad"
     AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(path)

@@ -9,14 +9,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lightning_dsrl.__main__ import cli_main
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "smollm2_grpo.yaml")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("smollm2")  # skipped, or failed in CI, when SmolLM2 is not fetched
-def test_smollm2_config_fits_one_step_offline(tmp_path):
+@pytest.mark.parametrize("name", ["smollm2_grpo", "smollm2_lora"])
+def test_smollm2_config_fits_one_step_offline(tmp_path, name):
     cli_main([
-        "fit", "--config", CONFIG,
+        "fit", "--config", str(CONFIGS / f"{name}.yaml"),
         "--trainer.max_steps", "1",
         "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(tmp_path),
@@ -24,7 +25,7 @@ def test_smollm2_config_fits_one_step_offline(tmp_path):
         "--rollout.num_generations", "2",
         "--rollout.max_new_tokens", "12",
     ])
-    run = next((tmp_path / "smollm2_grpo").glob("version_*"))
+    run = next((tmp_path / name).glob("version_*"))
     events = EventAccumulator(str(next(run.glob("events.out.tfevents.*"))))
     events.Reload()
     assert {"train/reward_mean", "reward/numeric", "timing/generate"} <= set(events.Tags()["scalars"])

@@ -80,7 +80,7 @@ def small_study(tmp_path: Path, model_dir: str) -> Path:
               "--rollout.max_new_tokens", "6"]
     spec = {
         "name": "tiny", "output": str(tmp_path / "out"), "runs_dir": str(tmp_path / "runs"), "seeds": [0],
-        "baseline": "grpo", "common_args": common, "bootstrap": 200,
+        "baseline": "grpo", "common_args": common, "bootstrap": 200, "curves": ["train/correct_rate"],
         "fit_args": ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
                      "--trainer.num_sanity_val_steps", "0"],
         "eval_args": ["--rollout.val_num_generations", "4", "--rollout.val_greedy", "false"],
@@ -97,7 +97,7 @@ def test_a_small_study_runs_summarises_and_resumes(tmp_path, tiny_model_dir, cap
     assert study.main([str(path), "--workers", "2"]) == 0
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
-    assert {p.name for p in out.iterdir()} == {"summary.json", "table.md", "passk.png", "diff.png"}
+    assert {p.name for p in out.iterdir()} == {"summary.json", "table.md", "passk.png", "diff.png", "curves.png"}
     assert summary["k"] == [1, 2, 4] and summary["problems"] == 3 and summary["samples_per_problem"] == 4
     # the summary is what the runs wrote: pass@k from the per-problem counts of each result.json
     for arm in ("base", "grpo"):
@@ -107,6 +107,15 @@ def test_a_small_study_runs_summarises_and_resumes(tmp_path, tiny_model_dir, cap
         assert summary["arms"][arm]["pass@k"] == pytest.approx(expected)
         assert summary["arms"][arm]["curve_mean"][0] == pytest.approx(sum(expected) / 3)
     base, grpo = summary["arms"]["base"], summary["arms"]["grpo"]
+    # cost and curves: the fit's own numbers, per command; the untrained arm has no fit and no curve
+    result = json.loads((tmp_path / "runs" / "grpo" / "seed_0" / "result.json").read_text())
+    assert set(result["usage"]) == {"fit", "validate"} and set(base["usage"]) == {"validate"}
+    assert all(u["wall_s"] > 0 and u["cpu_s"] > 0 and u["peak_rss_mib"] > 100 for u in result["usage"].values())
+    assert result["cpu_s"] == pytest.approx(sum(u["cpu_s"] for u in result["usage"].values()), abs=0.2)
+    curve = result["curves"]["train/correct_rate"]
+    assert len(curve["step"]) == 2 and all(0 <= v <= 1 for v in curve["value"])
+    assert grpo["curves"]["train/correct_rate"]["mean"] == pytest.approx(curve["value"]) and base["curves"] == {}
+    assert "| grpo |" in table_of(out) and "fit peak MiB" in table_of(out)
     assert base["minus_baseline"]["mean"] == pytest.approx([b - g for b, g in zip(base["pass@k"], grpo["pass@k"])])
     assert "minus_baseline" not in grpo
     table = (out / "table.md").read_text()
@@ -145,6 +154,18 @@ def test_a_failing_job_is_reported_and_the_others_still_run(tmp_path, tiny_model
     ({"seeds": []}, "seeds must be a non-empty list"),
     ({"colour": "red"}, "unknown key(s) ['colour']"),
 ])
+def table_of(out: Path) -> str:
+    return (out / "table.md").read_text()
+
+
+def test_curves_average_the_steps_every_seed_logged():
+    study = _script()
+    runs = [{"curves": {"t": {"step": [0, 1, 2], "value": [0.0, 0.5, 1.0]}}},
+            {"curves": {"t": {"step": [0, 2], "value": [0.2, 0.4]}}}, {"curves": {}}]
+    assert study._curves(runs) == {"t": {"step": [0, 2], "mean": pytest.approx([0.1, 0.7]), "min": [0.0, 0.4],
+                                         "max": [0.2, 1.0], "seeds": 2}}
+
+
 def test_bad_study_files_end_in_one_error_line(tmp_path, tiny_model_dir, change, message):
     study = _script()
     path = small_study(tmp_path, tiny_model_dir)

@@ -93,7 +93,8 @@ class Sampler:
                 if not tokenizer.chat_template:
                     raise ConfigError("data.task.chat=true but the tokenizer has no chat template; set chat: false")
                 ids = tokenizer.apply_chat_template(
-                    [{"role": "user", "content": record.prompt}], add_generation_prompt=True, tokenize=True
+                    [*record.history, {"role": "user", "content": record.prompt}], add_generation_prompt=True,
+                    tokenize=True,
                 )
                 if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                     ids = ids["input_ids"]
