@@ -70,13 +70,18 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, rollout
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
 
 
-def test_chat_template_wraps_prompts_that_ask_for_it(tiny_model_dir, tmp_path):
+def chat_module(tiny_model_dir, tmp_path) -> RLModule:
+    """The tiny model with a tokenizer that has a chat template (``[role] content`` lines)."""
     path = tmp_path / "chat-model"
     AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(path)
-    module = module_for(str(path))
+    return module_for(str(path))
+
+
+def test_chat_template_wraps_prompts_that_ask_for_it(tiny_model_dir, tmp_path):
+    module = chat_module(tiny_model_dir, tmp_path)
     callback = RolloutCallback(rewards=[CountdownReward()], num_generations=1, max_new_tokens=4)
     chat, plain = callback.sampler.encode(module, [PromptRecord("What is 2+3?", chat=True),
                                                    PromptRecord("What is 2+3?", chat=False)], max_new_tokens=4)
@@ -88,12 +93,7 @@ def test_chat_template_wraps_prompts_that_ask_for_it(tiny_model_dir, tmp_path):
 
 
 def test_chat_history_goes_before_the_prompt(tiny_model_dir, tmp_path):
-    path = tmp_path / "chat-model"
-    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(path)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(path)
-    module = module_for(str(path))
+    module = chat_module(tiny_model_dir, tmp_path)
     history = [{"role": "user", "content": "What is 2+3?"}, {"role": "assistant", "content": "<answer>5</answer>"}]
     callback = RolloutCallback(rewards=[CountdownReward()], num_generations=1, max_new_tokens=4)
     ids = callback.sampler.encode(module, [PromptRecord("What is 4+1?", chat=True, history=history)], max_new_tokens=4)
