@@ -148,12 +148,6 @@ def test_a_failing_job_is_reported_and_the_others_still_run(tmp_path, tiny_model
     assert "model.learning_rate" in (tmp_path / "runs" / "broken" / "seed_0" / "log.txt").read_text()
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"baseline": "nope"}, "baseline 'nope' is not an arm"),
-    ({"arms": {"grpo": {}}}, "arm 'grpo' has no `config`"),
-    ({"seeds": []}, "seeds must be a non-empty list"),
-    ({"colour": "red"}, "unknown key(s) ['colour']"),
-])
 def table_of(out: Path) -> str:
     return (out / "table.md").read_text()
 
@@ -166,6 +160,12 @@ def test_curves_average_the_steps_every_seed_logged():
                                          "max": [0.2, 1.0], "seeds": 2}}
 
 
+@pytest.mark.parametrize("change,message", [
+    ({"baseline": "nope"}, "baseline 'nope' is not an arm"),
+    ({"arms": {"grpo": {}}}, "arm 'grpo' has no `config`"),
+    ({"seeds": []}, "seeds must be a non-empty list"),
+    ({"colour": "red"}, "unknown key(s) ['colour']"),
+])
 def test_bad_study_files_end_in_one_error_line(tmp_path, tiny_model_dir, change, message):
     study = _script()
     path = small_study(tmp_path, tiny_model_dir)
