@@ -221,3 +221,21 @@ def test_a_stopped_runner_leaves_no_job_running(tmp_path, tiny_model_dir):
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
     assert runner.returncode == 128 + signal.SIGTERM and "stopped by signal" in out
     assert not any((tmp_path / "runs" / arm / "seed_0" / "result.json").exists() for arm in ("base", "grpo"))
+
+
+def test_smollm2_twins_splits_held_out_pass_at_1_by_the_commuted_twin():
+    spec = importlib.util.spec_from_file_location("smollm2_twins", ROOT / "scripts" / "smollm2_twins.py")
+    twins = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(twins)
+    from lightning_dsrl.data import AdditionTask
+
+    task = AdditionTask(num_digits=1, num_train=30, num_val=20, seed=0, template="plain")
+    trained = {tuple(r.meta["terms"]) for r in task.records("train")}
+    held_out = task.records("val")
+    has_twin = [tuple(reversed(r.meta["terms"])) in trained for r in held_out]
+    assert 0 < sum(has_twin) < len(has_twin)  # both groups are there (6 of 20 held-out sums have a twin)
+    counts = [i % 5 for i in range(20)]
+    result = {"problems": [r.prompt for r in held_out], "n": [4] * 20, "c": counts}
+    expected = {group: sum(c for c, t in zip(counts, has_twin) if t == want) / (4 * has_twin.count(want))
+                for group, want in (("with_twin", True), ("without_twin", False))}
+    assert twins.twin_rates(task, result) == pytest.approx(expected, abs=1e-4)

@@ -1,0 +1,59 @@
+"""Held-out sums with and without their commuted twin in training, for the SmolLM2 study.
+
+One-digit addition has only 100 problems, so 23 of the 50 held-out sums ``a + b`` have ``b + a`` among
+the 47 training sums. Does GRPO's held-out gain come only from those? This splits each run's held-out
+pass@1 into the two groups (problems as ``configs/smollm2_grpo.yaml`` builds them) and writes
+``docs/study/smollm2/twins.json``:
+
+    python scripts/smollm2_twins.py            # after scripts/study.py configs/study/smollm2.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lightning_dsrl.data import AdditionTask  # noqa: E402
+
+
+def twin_rates(task: AdditionTask, result: dict) -> dict[str, float]:
+    """Pass@1 of one run (a study ``result.json``) on the held-out sums whose commuted twin is, and is not, trained on."""
+    trained = {tuple(r.meta["terms"]) for r in task.records("train")}
+    twin = {r.prompt: (tuple(reversed(r.meta["terms"])) in trained) for r in task.records("val")}
+    rates = {}
+    for group, wanted in (("with_twin", True), ("without_twin", False)):
+        rows = [(n, c) for p, n, c in zip(result["problems"], result["n"], result["c"]) if twin[p] == wanted]
+        rates[group] = round(sum(c for _, c in rows) / sum(n for n, _ in rows), 4)
+    return rates
+
+
+def main() -> int:
+    study = yaml.safe_load((ROOT / "configs" / "study" / "smollm2.yaml").read_text())
+    task_args = yaml.safe_load((ROOT / "configs" / "smollm2_grpo.yaml").read_text())["data"]["task"]["init_args"]
+    task = AdditionTask(**task_args)
+    trained = {tuple(r.meta["terms"]) for r in task.records("train")}
+    held_out = task.records("val")
+    out = {"held_out": len(held_out),
+           "with_twin_in_train": sum(tuple(reversed(r.meta["terms"])) in trained for r in held_out), "arms": {}}
+    for arm in study["arms"]:
+        for seed in study["seeds"]:
+            path = ROOT / study["runs_dir"] / arm / f"seed_{seed}" / "result.json"
+            if path.is_file():
+                rate = twin_rates(task, json.loads(path.read_text()))
+                out["arms"].setdefault(arm, {})[f"seed_{seed}"] = rate
+                print(f"{arm} seed {seed}: pass@1 with twin {rate['with_twin']:.3f}, without {rate['without_twin']:.3f}")
+    target = ROOT / study["output"] / "twins.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"written: {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
