@@ -446,7 +446,7 @@ def figures(summary: dict[str, Any], output: Path) -> list[Path]:
             for i, (name, arm) in enumerate(summary["arms"].items()):
                 if tag in arm.get("curves", {}):
                     c = arm["curves"][tag]
-                    ax.plot(c["step"], c["mean"], color=f"C{i % 10}", label=f"{name} ({c['seeds']} seeds)")
+                    ax.plot(c["step"], c["mean"], color=f"C{i % 10}", label=f"{name} ({c['seeds']} seed{'' if c['seeds'] == 1 else 's'})")
                     ax.fill_between(c["step"], c["min"], c["max"], color=f"C{i % 10}", alpha=0.15, linewidth=0)
             ax.set_xlabel("training step")
             ax.set_ylabel(tag)
