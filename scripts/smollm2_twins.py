@@ -22,10 +22,14 @@ sys.path.insert(0, str(ROOT))
 from lightning_dsrl.data import AdditionTask  # noqa: E402
 
 
-def twin_rates(task: AdditionTask, result: dict) -> dict[str, float]:
-    """Pass@1 of one run (a study ``result.json``) on the held-out sums whose commuted twin is, and is not, trained on."""
+def has_twin(task: AdditionTask) -> dict[str, bool]:
+    """Each held-out prompt: whether its commuted twin (``b + a`` for ``a + b``) is a training problem."""
     trained = {tuple(r.meta["terms"]) for r in task.records("train")}
-    twin = {r.prompt: (tuple(reversed(r.meta["terms"])) in trained) for r in task.records("val")}
+    return {r.prompt: tuple(reversed(r.meta["terms"])) in trained for r in task.records("val")}
+
+
+def twin_rates(twin: dict[str, bool], result: dict) -> dict[str, float]:
+    """Pass@1 of one run (a study ``result.json``) on the held-out sums with and without a trained twin."""
     rates = {}
     for group, wanted in (("with_twin", True), ("without_twin", False)):
         rows = [(n, c) for p, n, c in zip(result["problems"], result["n"], result["c"]) if twin[p] == wanted]
@@ -36,16 +40,13 @@ def twin_rates(task: AdditionTask, result: dict) -> dict[str, float]:
 def main() -> int:
     study = yaml.safe_load((ROOT / "configs" / "study" / "smollm2.yaml").read_text())
     task_args = yaml.safe_load((ROOT / "configs" / "smollm2_grpo.yaml").read_text())["data"]["task"]["init_args"]
-    task = AdditionTask(**task_args)
-    trained = {tuple(r.meta["terms"]) for r in task.records("train")}
-    held_out = task.records("val")
-    out = {"held_out": len(held_out),
-           "with_twin_in_train": sum(tuple(reversed(r.meta["terms"])) in trained for r in held_out), "arms": {}}
+    twin = has_twin(AdditionTask(**task_args))
+    out = {"held_out": len(twin), "with_twin_in_train": sum(twin.values()), "arms": {}}
     for arm in study["arms"]:
         for seed in study["seeds"]:
             path = ROOT / study["runs_dir"] / arm / f"seed_{seed}" / "result.json"
             if path.is_file():
-                rate = twin_rates(task, json.loads(path.read_text()))
+                rate = twin_rates(twin, json.loads(path.read_text()))
                 out["arms"].setdefault(arm, {})[f"seed_{seed}"] = rate
                 print(f"{arm} seed {seed}: pass@1 with twin {rate['with_twin']:.3f}, without {rate['without_twin']:.3f}")
     target = ROOT / study["output"] / "twins.json"

@@ -201,8 +201,8 @@ def read_curves(fit_dir: Path, tags: list[str]) -> dict[str, dict[str, list[floa
     present = set(events.Tags()["scalars"])
     if missing := [t for t in tags if t not in present]:
         raise RuntimeError(f"the fit in {fit_dir} logged no {missing}; its scalars are {sorted(present)}")
-    return {t: {"step": [e.step for e in events.Scalars(t)], "value": [e.value for e in events.Scalars(t)]}
-            for t in tags}
+    scalars = {t: events.Scalars(t) for t in tags}
+    return {t: {"step": [e.step for e in rows], "value": [e.value for e in rows]} for t, rows in scalars.items()}
 
 
 def run_job(study: Study, arm: Arm, seed: int) -> dict[str, Any]:

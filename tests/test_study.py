@@ -238,4 +238,5 @@ def test_smollm2_twins_splits_held_out_pass_at_1_by_the_commuted_twin():
     result = {"problems": [r.prompt for r in held_out], "n": [4] * 20, "c": counts}
     expected = {group: sum(c for c, t in zip(counts, has_twin) if t == want) / (4 * has_twin.count(want))
                 for group, want in (("with_twin", True), ("without_twin", False))}
-    assert twins.twin_rates(task, result) == pytest.approx(expected, abs=1e-4)
+    assert twins.has_twin(task) == dict(zip(result["problems"], has_twin))
+    assert twins.twin_rates(twins.has_twin(task), result) == pytest.approx(expected, abs=1e-4)
