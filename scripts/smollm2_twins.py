@@ -5,7 +5,7 @@ the 47 training sums. Does GRPO's held-out gain come only from those? This split
 pass@1 into the two groups (problems as ``configs/smollm2_grpo.yaml`` builds them) and writes
 ``docs/study/smollm2/twins.json``:
 
-    python scripts/smollm2_twins.py            # after scripts/study.py configs/study/smollm2.yaml
+    python scripts/smollm2_twins.py   # reads docs/study/smollm2/runs.json (scripts/study.py writes it)
 """
 
 from __future__ import annotations
@@ -41,14 +41,16 @@ def main() -> int:
     study = yaml.safe_load((ROOT / "configs" / "study" / "smollm2.yaml").read_text())
     task_args = yaml.safe_load((ROOT / "configs" / "smollm2_grpo.yaml").read_text())["data"]["task"]["init_args"]
     twin = has_twin(AdditionTask(**task_args))
+    source = ROOT / study["output"] / "runs.json"  # every run's per-problem counts, written by scripts/study.py
+    if not source.is_file():
+        raise SystemExit(f"error: no {source}; run `python scripts/study.py configs/study/smollm2.yaml` first")
+    record = json.loads(source.read_text())
     out = {"held_out": len(twin), "with_twin_in_train": sum(twin.values()), "arms": {}}
-    for arm in study["arms"]:
-        for seed in study["seeds"]:
-            path = ROOT / study["runs_dir"] / arm / f"seed_{seed}" / "result.json"
-            if path.is_file():
-                rate = twin_rates(twin, json.loads(path.read_text()))
-                out["arms"].setdefault(arm, {})[f"seed_{seed}"] = rate
-                print(f"{arm} seed {seed}: pass@1 with twin {rate['with_twin']:.3f}, without {rate['without_twin']:.3f}")
+    for run in record["runs"]:  # in the study's order of arms, then seeds
+        rate = twin_rates(twin, {**run, "problems": record["problems"]})
+        out["arms"].setdefault(run["arm"], {})[f"seed_{run['seed']}"] = rate
+        print(f"{run['arm']} seed {run['seed']}: pass@1 with twin {rate['with_twin']:.3f}, "
+              f"without {rate['without_twin']:.3f}")
     target = ROOT / study["output"] / "twins.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(out, indent=1) + "\n")

@@ -2,12 +2,13 @@
 
     python scripts/study.py configs/study/countdown.yaml --workers 2     # run (or resume) and summarise
     python scripts/study.py configs/study/countdown.yaml --summary-only  # recompute the summary only
+                                   # (from runs_dir, or from the committed runs.json when runs_dir is empty)
     python scripts/study.py configs/study/countdown.yaml --dry-run       # print the commands
 
 A study YAML names arms (a config plus command-line overrides), seeds, and the evaluation:
 
     name: countdown
-    output: docs/study/countdown      # summary.json, table.md, passk.png, diff.png (commit these)
+    output: docs/study/countdown      # summary.json, runs.json, table.md, passk.png, diff.png (commit these)
     runs_dir: runs/study/countdown    # one directory per arm and seed (not committed)
     seeds: [0, 1, 2]
     baseline: grpo                    # every other arm is compared with this one
@@ -25,8 +26,10 @@ Each run is ``python -m lightning_dsrl fit`` of the arm's config with ``--seed_e
 then ``validate`` of its last checkpoint with the same seed and ``eval_args``; a worker process
 runs one job (arm x seed) at a time with one thread (``OMP_NUM_THREADS=1``). A finished job leaves
 ``<runs_dir>/<arm>/seed_<s>/result.json`` (the per-problem correct counts, the evaluation's scalars,
-the commands with the wall-clock, CPU time and peak memory of each, the fit's ``curves``); a study that is run again skips those, so an interrupted study
-resumes where it stopped (an unfinished job starts over).
+the commands with the wall-clock, CPU time and peak memory of each, the fit's ``curves``); a study
+that is run again skips those, so an interrupted study resumes where it stopped (an unfinished job
+starts over). The summary also writes every run's record to ``<output>/runs.json`` (the problems once,
+then per run its counts in that order), so it can be committed and analysed without ``runs_dir``.
 
 Statistics (``lightning_dsrl/metrics/paired.py``): pass@k for k = 1, 2, 4, ..., the samples per
 problem, as the mean over seeds and problems with a 95% interval from a bootstrap that resamples
@@ -275,14 +278,38 @@ def _counts(results: list[dict[str, Any]], problems: list[str]) -> tuple[torch.T
     return torch.tensor(n), torch.tensor(c)
 
 
-def summarise(study: Study) -> dict[str, Any]:
-    """The study's statistics from every ``result.json`` (arms with no finished job are left out)."""
+def finished_results(study: Study) -> dict[str, list[dict[str, Any]]]:
+    """Per arm, the ``result.json`` of each finished job in ``runs_dir`` (arms with none are left out)."""
+    results = {arm.name: [json.loads((job_dir(study, arm, s) / "result.json").read_text()) for s in study.seeds
+                          if (job_dir(study, arm, s) / "result.json").is_file()] for arm in study.arms}
+    return {name: rs for name, rs in results.items() if rs}
+
+
+def per_run_record(results: dict[str, list[dict[str, Any]]], problems: list[str]) -> dict[str, Any]:
+    """What ``<output>/runs.json`` commits: every run's per-problem counts (in the order of ``problems``),
+    scalars, cost and commands, so the summary and any later analysis can be redone without ``runs_dir``."""
+    runs = []
+    for rs in results.values():
+        for r in rs:
+            n, c = _counts([r], problems)
+            runs.append({**{k: v for k, v in r.items() if k != "problems"}, "n": n[0].tolist(), "c": c[0].tolist()})
+    return {"problems": problems, "runs": runs}
+
+
+def committed_results(record: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The inverse of :func:`per_run_record`: per arm, result records as ``run_job`` wrote them."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    for run in record["runs"]:
+        results.setdefault(run["arm"], []).append({**run, "problems": record["problems"]})
+    return results
+
+
+def summarise(study: Study, results: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The study's statistics from the finished runs (by default every ``result.json`` in ``runs_dir``)."""
     from lightning_dsrl.metrics.functional import powers_of_two
     from lightning_dsrl.metrics.paired import bootstrap_mean, passk_by_seed, samples_to_reach
 
-    results = {arm.name: [json.loads((job_dir(study, arm, s) / "result.json").read_text()) for s in study.seeds
-                          if (job_dir(study, arm, s) / "result.json").is_file()] for arm in study.arms}
-    results = {name: rs for name, rs in results.items() if rs}
+    results = finished_results(study) if results is None else results
     if study.baseline not in results:
         raise SystemExit(f"error: the baseline arm {study.baseline!r} has no finished run yet")
     base = results[study.baseline]
@@ -458,14 +485,16 @@ def figures(summary: dict[str, Any], output: Path) -> list[Path]:
     return paths
 
 
-def write_summary(study: Study) -> dict[str, Any]:
-    summary = summarise(study)
+def write_summary(study: Study, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    summary = summarise(study, results)
     study.output.mkdir(parents=True, exist_ok=True)
     (study.output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    record = per_run_record(results, results[study.baseline][0]["problems"])
+    (study.output / "runs.json").write_text(json.dumps(record) + "\n")
     (study.output / "table.md").write_text(markdown(summary))
     figures(summary, study.output)
     print(markdown(summary))
-    print(f"written: {study.output}/{{summary.json,table.md,passk.png,diff.png}}"
+    print(f"written: {study.output}/{{summary.json,runs.json,table.md,passk.png,diff.png}}"
           + (" and curves.png" if any(a.get("curves") for a in summary["arms"].values()) else ""))
     return summary
 
@@ -491,9 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _stop)
     failures = [] if args.summary_only else run_study(study, args.workers, set(args.only) if args.only else None)
-    if any((job_dir(study, arm, s) / "result.json").is_file() for arm in study.arms if arm.name == study.baseline
-           for s in study.seeds):
-        write_summary(study)
+    results = finished_results(study)
+    if not results and args.summary_only and (study.output / "runs.json").is_file():
+        print(f"no finished runs in {study.runs_dir}: summarising the committed {study.output / 'runs.json'}")
+        results = committed_results(json.loads((study.output / "runs.json").read_text()))
+    if study.baseline in results:
+        write_summary(study, results)
     else:
         print(f"no summary yet: the baseline arm {study.baseline!r} has no finished run")
     for line in failures:

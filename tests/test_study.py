@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -97,7 +98,8 @@ def test_a_small_study_runs_summarises_and_resumes(tmp_path, tiny_model_dir, cap
     assert study.main([str(path), "--workers", "2"]) == 0
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
-    assert {p.name for p in out.iterdir()} == {"summary.json", "table.md", "passk.png", "diff.png", "curves.png"}
+    assert {p.name for p in out.iterdir()} == {"summary.json", "runs.json", "table.md", "passk.png", "diff.png",
+                                               "curves.png"}
     assert summary["k"] == [1, 2, 4] and summary["problems"] == 3 and summary["samples_per_problem"] == 4
     # the summary is what the runs wrote: pass@k from the per-problem counts of each result.json
     for arm in ("base", "grpo"):
@@ -132,6 +134,29 @@ def test_a_small_study_runs_summarises_and_resumes(tmp_path, tiny_model_dir, cap
     assert study.main([str(path)]) == 0
     assert "1 job(s) to run, 1 already done" in capsys.readouterr().out
     assert json.loads((out / "summary.json").read_text())["arms"]["grpo"] == grpo
+    # the committed runs.json alone gives the same summary once runs_dir is gone
+    summary = json.loads((out / "summary.json").read_text())
+    record = json.loads((out / "runs.json").read_text())
+    assert [(r["arm"], r["seed"]) for r in record["runs"]] == [("base", 0), ("grpo", 0)]
+    assert record["runs"][1]["c"] == json.loads((tmp_path / "runs" / "grpo" / "seed_0" / "result.json").read_text())["c"]
+    shutil.rmtree(tmp_path / "runs")
+    (out / "summary.json").unlink()
+    capsys.readouterr()
+    assert study.main([str(path), "--summary-only"]) == 0
+    assert "summarising the committed" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_committed_runs_keep_each_runs_counts_in_one_problem_order():
+    study = _script()
+    runs = {"a": [{"arm": "a", "seed": 0, "problems": ["p", "q", "r"], "n": [4, 4, 4], "c": [1, 2, 3]}],
+            "b": [{"arm": "b", "seed": 0, "problems": ["r", "p", "q"], "n": [8, 4, 4], "c": [7, 0, 4]}]}
+    record = study.per_run_record(runs, ["p", "q", "r"])
+    assert record["problems"] == ["p", "q", "r"]
+    assert record["runs"][1] == {"arm": "b", "seed": 0, "n": [4, 4, 8], "c": [0, 4, 7]}  # reordered to p, q, r
+    back = study.committed_results(record)
+    assert back["b"][0]["problems"] == ["p", "q", "r"] and back["b"][0]["c"] == [0, 4, 7]
+    assert study.per_run_record(back, ["p", "q", "r"]) == record
 
 
 def test_a_failing_job_is_reported_and_the_others_still_run(tmp_path, tiny_model_dir, capsys):
