@@ -248,7 +248,7 @@ class RLModule(LightningModule):
         stats = self.update(train_batch, batch_metrics)
         t_update = time.perf_counter() - start
         self.rollouts_seen += 1
-        flops_per_token, peak = model_flops(self.policy, self.lora is not None, self.device)
+        flops_per_token, peak = model_flops(self.policy, self.lora is not None, self.device, self.trainer.precision)
         timings = {"timing/logprobs": t_logprobs, "timing/update": t_update,
                    "timing/optimizer": stats.optimizer_seconds,
                    **throughput(rollout, t_update, flops_per_token, self.update_settings.ppo_epochs, peak)}

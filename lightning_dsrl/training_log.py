@@ -66,13 +66,28 @@ def step_values(rollout: Rollout, report: EvalReport, stats: UpdateStats, counte
     return values
 
 
-def model_flops(policy: nn.Module, lora: bool, device: torch.device) -> tuple[float, float | None]:
+def compute_dtype(precision: str, param_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the matmuls run in under a Lightning ``precision`` ("bf16-mixed", "16-true", "32-true", ...):
+    mixed precision keeps fp32 weights but multiplies in 16 bits, so the weights' dtype alone is wrong."""
+    precision = str(precision)
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    if precision.startswith("64"):
+        return torch.float64
+    return param_dtype
+
+
+def model_flops(policy: nn.Module, lora: bool, device: torch.device, precision: str = "32-true"
+                ) -> tuple[float, float | None]:
     """Training FLOPs per token of ``policy``, 6 x parameters (4 with LoRA, whose frozen weights get no weight
-    gradient), and the device's peak FLOP/s from Lightning's table of accelerators (``get_available_flops``:
-    GPUs and TPUs it knows; ``None`` on a CPU)."""
+    gradient), and the device's peak FLOP/s in the compute dtype of ``precision`` from Lightning's table of
+    accelerators (``get_available_flops``: GPUs and TPUs it knows; ``None`` on a CPU)."""
     flops_per_token = (4 if lora else 6) * sum(p.numel() for p in policy.parameters())
-    dtype = next(policy.parameters()).dtype
-    return flops_per_token, get_available_flops(device, dtype) if device.type != "cpu" else None
+    if device.type == "cpu":
+        return flops_per_token, None
+    return flops_per_token, get_available_flops(device, compute_dtype(precision, next(policy.parameters()).dtype))
 
 
 def throughput(rollout: Rollout, seconds: float, flops_per_token: float, passes: int, peak_flops: float | None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lightning_dsrl import training_log
 from lightning_dsrl.data import CountdownTask
 from lightning_dsrl.module import RLModule
 from lightning_dsrl.objectives import DSGRPO, GRPO
@@ -108,3 +109,16 @@ def test_update_throughput_counts_each_groups_prompt_once(tiny_model_dir, fixed_
     assert "timing/update_mfu" not in out
     out = throughput(batch, 2.0, flops_per_token, passes=2, peak_flops=1e12)
     assert out["timing/update_mfu"] == pytest.approx(6 * params * 8 / 2 / 1e12)
+
+
+def test_mfu_peak_is_the_compute_dtypes_not_the_weights(tiny_model_dir, monkeypatch):
+    """bf16-mixed keeps fp32 weights but multiplies in bf16: the peak must be the bf16 one."""
+    module = make_module(tiny_model_dir)
+    asked = []
+    monkeypatch.setattr(training_log, "get_available_flops", lambda device, dtype: asked.append(dtype) or 1.0)
+    cuda = torch.device("cuda", 0)
+    for precision, dtype in (("bf16-mixed", torch.bfloat16), ("bf16-true", torch.bfloat16),
+                             ("16-mixed", torch.float16), ("32-true", torch.float32), ("64-true", torch.float64)):
+        assert model_flops(module.policy, lora=False, device=cuda, precision=precision)[1] == 1.0
+        assert asked.pop() == dtype, precision
+    assert next(module.policy.parameters()).dtype == torch.float32
