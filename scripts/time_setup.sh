@@ -14,9 +14,11 @@ python3 -m venv .venv
 . .venv/bin/activate
 export PIP_NO_CACHE_DIR=1 LIGHTNING_DSRL_CACHE="$WORK/cache"
 stamp() { date +%s.%N; }
-t0=$(stamp); pip install --quiet torch==2.13.0 2>/dev/null
-t1=$(stamp); pip install --quiet -e ".[dev]" 2>/dev/null
-t2=$(stamp); python -m lightning_dsrl.fetch smollm2 >/dev/null
+# each step's output goes to a log; a failing step prints its log's end and stops the script
+quiet() { "$@" >"$WORK/step.log" 2>&1 || { tail -n 30 "$WORK/step.log" >&2; echo "error: \`$*\` failed" >&2; exit 1; }; }
+t0=$(stamp); quiet pip install torch==2.13.0
+t1=$(stamp); quiet pip install -e ".[dev]"
+t2=$(stamp); quiet python -m lightning_dsrl.fetch smollm2
 t3=$(stamp)
 compiled=$(pip list 2>/dev/null | grep -ciE "^(llama[-_]cpp[-_]python|llm) " || true)
 python - "$OUT" "$t0" "$t1" "$t2" "$t3" "$compiled" "$(nproc)" "$(cut -d' ' -f1 /proc/loadavg)" <<'P'
