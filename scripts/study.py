@@ -17,6 +17,7 @@ A study YAML names arms (a config plus command-line overrides), seeds, and the e
     eval_args: [--data.eval_split, test, --rollout.val_num_generations, "64"]
     bootstrap: 2000                   # resamples of every interval
     curves: [train/correct_rate]      # TensorBoard scalars of each fit kept per step (optional)
+    keep_checkpoints: true            # false: delete each fit's checkpoints once its validate is done
     arms:
       base: {config: configs/grpo.yaml, train: false}   # the model before RL: validate only
       grpo: {config: configs/grpo.yaml}
@@ -82,6 +83,7 @@ class Study:
     eval_args: list[str] = field(default_factory=list)
     bootstrap: int = 2000
     curves: list[str] = field(default_factory=list)
+    keep_checkpoints: bool = True
 
 
 def _strings(value: Any, where: str) -> list[str]:
@@ -100,7 +102,7 @@ def load_study(path: str | Path) -> Study:
         raise SystemExit(f"error: no study file {path}; see configs/study/ for examples")
     raw = yaml.safe_load(path.read_text()) or {}
     known = {"name", "output", "runs_dir", "seeds", "baseline", "arms", "common_args", "fit_args", "eval_args",
-             "bootstrap", "curves"}
+             "bootstrap", "curves", "keep_checkpoints"}
     if unknown := set(raw) - known:
         raise SystemExit(f"error: {path}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
     for key in ("name", "output", "runs_dir", "seeds", "baseline", "arms"):
@@ -126,7 +128,8 @@ def load_study(path: str | Path) -> Study:
     return Study(str(raw["name"]), rooted(raw["output"]), rooted(raw["runs_dir"]), [int(s) for s in raw["seeds"]],
                  str(raw["baseline"]), arms, _strings(raw.get("common_args"), "common_args"),
                  _strings(raw.get("fit_args"), "fit_args"), _strings(raw.get("eval_args"), "eval_args"),
-                 int(raw.get("bootstrap", 2000)), _strings(raw.get("curves"), "curves"))
+                 int(raw.get("bootstrap", 2000)), _strings(raw.get("curves"), "curves"),
+                 bool(raw.get("keep_checkpoints", True)))
 
 
 # ------------------------------------------------------------------ running
@@ -239,6 +242,8 @@ def run_job(study: Study, arm: Arm, seed: int) -> dict[str, Any]:
     tmp = where / "result.json.tmp"
     tmp.write_text(json.dumps(result) + "\n")
     tmp.replace(where / "result.json")  # written last, atomically: its presence means the job is done
+    if not study.keep_checkpoints:
+        shutil.rmtree(where / "fit" / "checkpoints", ignore_errors=True)
     return result
 
 

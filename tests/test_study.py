@@ -164,12 +164,17 @@ def test_a_failing_job_is_reported_and_the_others_still_run(tmp_path, tiny_model
     path = small_study(tmp_path, tiny_model_dir)
     spec = yaml.safe_load(path.read_text())
     spec["arms"]["broken"] = {"config": "configs/grpo.yaml", "args": ["--model.learning_rate", "-1"]}
+    spec["keep_checkpoints"] = False
     path.write_text(yaml.safe_dump(spec))
     assert study.main([str(path), "--workers", "2", "--only", "broken", "base"]) == 1
     captured = capsys.readouterr()
     assert "broken seed 0: `lightning_dsrl fit` failed (exit code 2)" in captured.err and "log.txt" in captured.err
     assert "no summary yet: the baseline arm 'grpo' has no finished run" in captured.out
     assert (tmp_path / "runs" / "base" / "seed_0" / "result.json").is_file()
+    # keep_checkpoints: false: the trained arm's checkpoints are gone once its validate has read them
+    assert study.main([str(path), "--only", "grpo"]) == 0
+    assert (tmp_path / "runs" / "grpo" / "seed_0" / "result.json").is_file()
+    assert not (tmp_path / "runs" / "grpo" / "seed_0" / "fit" / "checkpoints").exists()
     assert "model.learning_rate" in (tmp_path / "runs" / "broken" / "seed_0" / "log.txt").read_text()
 
 
