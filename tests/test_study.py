@@ -270,3 +270,38 @@ def test_smollm2_twins_splits_held_out_pass_at_1_by_the_commuted_twin():
                 for group, want in (("with_twin", True), ("without_twin", False))}
     assert twins.has_twin(task) == dict(zip(result["problems"], has_twin))
     assert twins.twin_rates(twins.has_twin(task), result) == pytest.approx(expected, abs=1e-4)
+
+
+def test_countdown_regimes_compare_arms_inside_each_group_of_problems(tmp_path):
+    """scripts/countdown_regimes.py: the paired difference inside the few- and many-solution groups is the
+    mean over that group's problems only (hand-computed), and the groups are the task's solution counts."""
+    _script()
+    spec = importlib.util.spec_from_file_location("countdown_regimes", ROOT / "scripts" / "countdown_regimes.py")
+    regimes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(regimes)
+    from lightning_dsrl.data import CountdownTask
+
+    task_args = yaml.safe_load((ROOT / "configs" / "grpo.yaml").read_text())["data"]["task"]["init_args"]
+    count = regimes.solutions_per_problem(CountdownTask(**task_args), "test")
+    problems = list(count)
+    assert len(problems) == 500 and {min(count.values()), max(count.values())} == {2, 11}
+    grpo = [i % 3 for i in range(500)]
+    ds = [(i % 3) + (count[p] >= 3) for i, p in enumerate(problems)]  # one more correct sample on many-solution ones
+    record = {"problems": problems, "runs": [
+        {"arm": "grpo", "seed": 0, "n": [4] * 500, "c": grpo, "values": {}, "cpu_s": 1.0, "commands": []},
+        {"arm": "ds", "seed": 0, "n": [4] * 500, "c": ds, "values": {}, "cpu_s": 1.0, "commands": []}]}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "runs.json").write_text(json.dumps(record))
+    spec = {"name": "t", "output": str(tmp_path / "out"), "runs_dir": str(tmp_path / "runs"), "seeds": [0],
+            "baseline": "grpo", "bootstrap": 50, "eval_args": ["--data.eval_split", "test"],
+            "arms": {"grpo": {"config": "configs/grpo.yaml"}, "ds": {"config": "configs/ds_grpo.yaml"}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    assert regimes.main([str(tmp_path / "s.yaml")]) == 0
+    out = json.loads((tmp_path / "out" / "regimes.json").read_text())
+    few, many = out["groups"]["few (2 solutions)"], out["groups"]["many (3+ solutions)"]
+    assert few["problems"] == sum(v == 2 for v in count.values()) and few["problems"] + many["problems"] == 500
+    assert few["arms"]["ds"]["minus_baseline"]["mean"][0] == pytest.approx(0.0)
+    assert many["arms"]["ds"]["minus_baseline"]["mean"][0] == pytest.approx(0.25)  # 1 more of 4 samples
+    many_grpo = [g for g, p in zip(grpo, problems) if count[p] >= 3]
+    assert many["arms"]["grpo"]["pass@k"][0] == pytest.approx(sum(many_grpo) / 4 / len(many_grpo))
+    assert "| ds | +0.250" in (tmp_path / "out" / "regimes.md").read_text()
