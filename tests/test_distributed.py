@@ -231,3 +231,30 @@ def test_lora_under_fsdp2_equals_one_process(tiny_model_dir, tmp_path):
     assert_same_validation(ranks, tmp_path / "fsdp2", one, tmp_path / "single")
     state = torch.load(tmp_path / "fsdp2" / "ckpts" / "epoch=0-step=2.ckpt", weights_only=True)
     assert state["lora"] is not None and state["state_dict"] and all(".lora_" in k for k in state["state_dict"])
+
+
+def test_sharded_generation_does_not_hang_when_one_rank_has_only_one_token_prompts(tiny_model_dir, tmp_path):
+    """The prefill forward is a collective under FSDP2: rank 0 (a one-token prompt, nothing to prefill) must
+    still join rank 1's prefill (a four-token prompt), or rank 1 waits for it until the timeout."""
+    worker, port = Path(__file__).with_name("prefill_sync_worker.py"), str(free_port())
+    procs = []
+    for rank in range(2):
+        with open(tmp_path / f"rank{rank}.err", "w") as err:
+            procs.append(subprocess.Popen([sys.executable, str(worker), str(tmp_path), tiny_model_dir, str(rank), port],
+                                          stdout=subprocess.DEVNULL, stderr=err))
+    try:
+        for proc in procs:
+            proc.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the 2-process FSDP2 step hung (mismatched prefill collectives); rank 1's stderr:\n"
+                    + (tmp_path / "rank1.err").read_text()[-2000:])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for rank, proc in enumerate(procs):
+        assert proc.returncode == 0, (tmp_path / f"rank{rank}.err").read_text()[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["prompt"] for r in ranks] == [["7"], ["1+2="]] and all(r["sharded"] for r in ranks)
+    assert all(len(r["completion_tokens"]) == 2 and min(r["completion_tokens"]) >= 1 for r in ranks)

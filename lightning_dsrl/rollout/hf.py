@@ -138,11 +138,15 @@ class HFEngine(RolloutEngine):
                 left -= take
         return chunks
 
-    def _prefill(self, model, input_ids: Tensor, attention: Tensor, copies: Tensor) -> DynamicCache:
+    def _prefill(self, model, input_ids: Tensor, attention: Tensor, copies: Tensor, synced: bool) -> DynamicCache:
         """KV cache of every row's prompt but its last token: computed once per prompt and expanded to its
-        copies (``share_prompt_prefix``), or computed for every copy."""
+        copies (``share_prompt_prefix``), or computed for every copy. One-token prompts have nothing to
+        prefill; a sharded model's forward is a collective, though (``synced``), so a rank whose prompts are
+        all one token still runs one forward, discarded, to meet the other ranks' prefill."""
         cache = DynamicCache()
         if input_ids.shape[1] < 2:
+            if synced:
+                model(input_ids=input_ids, attention_mask=attention, logits_to_keep=1)
             return cache
         if not self.share_prompt_prefix:
             input_ids, attention = input_ids.repeat_interleave(copies, 0), attention.repeat_interleave(copies, 0)
@@ -192,7 +196,7 @@ class HFEngine(RolloutEngine):
         synced = sharding.is_sharded(model) and distributed.world_size() > 1
         warpers = self._warpers(params)
         tail = max((len(s) for s in params.stop), default=0) + 1  # tokens enough to end with any stop string
-        cache = self._prefill(model, input_ids, attention, copies)
+        cache = self._prefill(model, input_ids, attention, copies, synced)
         with_cache = cache_kwargs(model, cache)
         mask = attention.repeat_interleave(copies, 0)  # grows by one column per step
         position = mask.sum(-1) - 1  # of the token fed next: the last prompt token first
