@@ -142,6 +142,7 @@ def peft_merged(model) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("kind", ["llama-all-linear", "llama-embedding", "gpt2-conv1d"])
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft's own call
 def test_merged_weights_equal_peft_merge_under_base_names(kind):
     # LoRA on linear layers (W + s B A), on an embedding ((B A)^T) and on GPT-2's Conv1D (fan_in_fan_out: (B A)^T)
     torch.manual_seed(0)
