@@ -48,23 +48,21 @@ def spec(model_dir: str, strategy: str, **options) -> dict:
             "engine": "scripted", "validate": True, **options}
 
 
-def launch(out: Path, job: dict) -> list[tuple[int, str]]:
-    """Start one worker per rank and wait for all; ``(exit status, stderr)`` of each. Processes still
-    running after ``TIMEOUT_S`` are killed and fail the test."""
-    out.mkdir(parents=True)
-    port = str(free_port())
+def start_ranks(out: Path, argv_of_rank, world: int, what: str, timeout_s: float = TIMEOUT_S
+                ) -> list[tuple[int, str]]:
+    """Start ``world`` worker processes (``argv_of_rank(rank)``, stderr in ``out/rank<r>.err``) and wait for all;
+    ``(exit status, stderr)`` of each. Processes still running after ``timeout_s`` are killed and fail the test."""
     procs = []
-    for rank in range(job["world"]):
+    for rank in range(world):
         with open(out / f"rank{rank}.err", "w") as err:  # a file, not a pipe: a full pipe would block the rank
-            procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out), str(rank), port, json.dumps(job)],
-                                          stdout=subprocess.DEVNULL, stderr=err))
-    deadline = time.monotonic() + TIMEOUT_S
+            procs.append(subprocess.Popen([sys.executable, *argv_of_rank(rank)], stdout=subprocess.DEVNULL, stderr=err))
+    deadline = time.monotonic() + timeout_s
     try:
         for proc in procs:
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        pytest.fail(f"the {job['strategy']} run did not finish in {TIMEOUT_S} s (a hang); stderr of rank 0:\n"
-                    + (out / "rank0.err").read_text()[-3000:])
+        pytest.fail(f"{what} did not finish in {timeout_s:.0f} s (a hang); stderr of the ranks:\n"
+                    + "\n".join((out / f"rank{r}.err").read_text()[-1500:] for r in range(world)))
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -72,6 +70,13 @@ def launch(out: Path, job: dict) -> list[tuple[int, str]]:
                 proc.wait()
     return [(proc.returncode, (out / f"rank{r}.err").read_text()) for r, proc in enumerate(procs)]
 
+
+def launch(out: Path, job: dict) -> list[tuple[int, str]]:
+    """One ``dist_train_worker.py`` per rank of ``job``; ``(exit status, stderr)`` of each."""
+    out.mkdir(parents=True)
+    port = str(free_port())
+    return start_ranks(out, lambda rank: [str(WORKER), str(out), str(rank), port, json.dumps(job)], job["world"],
+                       f"the {job['strategy']} run")
 
 def run(out: Path, job: dict) -> list[dict]:
     """The ranks' results of a run that must succeed."""
@@ -237,24 +242,10 @@ def test_sharded_generation_does_not_hang_when_one_rank_has_only_one_token_promp
     """The prefill forward is a collective under FSDP2: rank 0 (a one-token prompt, nothing to prefill) must
     still join rank 1's prefill (a four-token prompt), or rank 1 waits for it until the timeout."""
     worker, port = Path(__file__).with_name("prefill_sync_worker.py"), str(free_port())
-    procs = []
-    for rank in range(2):
-        with open(tmp_path / f"rank{rank}.err", "w") as err:
-            procs.append(subprocess.Popen([sys.executable, str(worker), str(tmp_path), tiny_model_dir, str(rank), port],
-                                          stdout=subprocess.DEVNULL, stderr=err))
-    try:
-        for proc in procs:
-            proc.wait(timeout=180)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the 2-process FSDP2 step hung (mismatched prefill collectives); rank 1's stderr:\n"
-                    + (tmp_path / "rank1.err").read_text()[-2000:])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for rank, proc in enumerate(procs):
-        assert proc.returncode == 0, (tmp_path / f"rank{rank}.err").read_text()[-3000:]
+    results = start_ranks(tmp_path, lambda rank: [str(worker), str(tmp_path), tiny_model_dir, str(rank), port], 2,
+                          "the 2-process FSDP2 step (mismatched prefill collectives?)", timeout_s=180)
+    for code, err in results:
+        assert code == 0, err[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["prompt"] for r in ranks] == [["7"], ["1+2="]] and all(r["sharded"] for r in ranks)
     assert all(len(r["completion_tokens"]) == 2 and min(r["completion_tokens"]) >= 1 for r in ranks)
