@@ -443,7 +443,7 @@ def figures(summary: dict[str, Any], output: Path) -> list[Path]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from lightning_dsrl.metrics.plot import Curve, passk_figure, save_figure
+    from lightning_dsrl.metrics.plot import Curve, line_style, passk_figure, save_figure
 
     ks = summary["k"]
     curves = [Curve(name, ks, a["pass@k"], a["low"], a["high"], confidence=summary["confidence"])
@@ -457,7 +457,7 @@ def figures(summary: dict[str, Any], output: Path) -> list[Path]:
     for i, (name, arm) in enumerate(summary["arms"].items()):
         if "minus_baseline" in arm:
             d = arm["minus_baseline"]
-            ax.plot(ks, d["mean"], marker="o", color=f"C{i % 10}", label=name)
+            ax.plot(ks, d["mean"], label=name, **line_style(i))
             ax.fill_between(ks, d["low"], d["high"], color=f"C{i % 10}", alpha=0.15, linewidth=0)
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xscale("log", base=2)

@@ -38,6 +38,12 @@ def curve_from_report(report: dict[str, Any], label: str) -> Curve:
                  report.get("values", {}).get("greedy_accuracy"), passk.get("confidence"))
 
 
+def line_style(i: int) -> dict[str, str]:
+    """Colour and marker of the ``i``-th line: matplotlib's 10 colours, then the same colours with another
+    marker, so a figure of more than 10 lines has no two alike."""
+    return {"color": f"C{i % 10}", "marker": "osD^v"[i // 10 % 5]}
+
+
 def passk_figure(curves: list[Curve], title: str = "pass@k") -> Figure:
     """pass@k (y, 0..1) against k (x, log2), one line per curve; the band is the confidence
     interval, a dotted line of the same colour the accuracy of greedy decoding."""
@@ -46,8 +52,9 @@ def passk_figure(curves: list[Curve], title: str = "pass@k") -> Figure:
     ax = fig.add_subplot()
     ks: set[int] = set()
     for i, curve in enumerate(curves):
-        colour = f"C{i % 10}"
-        ax.plot(curve.k, curve.value, marker="o", color=colour, label=curve.label)
+        style = line_style(i)
+        colour = style["color"]
+        ax.plot(curve.k, curve.value, label=curve.label, **style)
         if curve.low is not None and curve.high is not None:
             ax.fill_between(curve.k, curve.low, curve.high, color=colour, alpha=0.2, linewidth=0)
         if curve.greedy is not None:
