@@ -48,9 +48,9 @@ def restrict(results: dict[str, list[dict[str, Any]]], keep: set[str]) -> dict[s
     return out
 
 
-def by_group(study_path: Path) -> dict[str, Any]:
-    """Per group of problems: every arm's pass@k and its paired difference to the study's baseline."""
-    study = study_mod.load_study(study_path)
+def by_group(study) -> dict[str, Any]:
+    """Per group of problems: every arm's pass@k and its paired difference to the study's baseline
+    (``study``: ``scripts/study.py``'s ``Study``)."""
     record = json.loads((study.output / "runs.json").read_text())
     results = study_mod.committed_results(record)
     base_config = next(a.config for a in study.arms if a.name == study.baseline)
@@ -94,8 +94,9 @@ def markdown(out: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     path = Path(argv[0]) if argv else ROOT / "configs" / "study" / "countdown.yaml"
-    out = by_group(path)
-    target = study_mod.load_study(path).output / "regimes.json"
+    study = study_mod.load_study(path)
+    out = by_group(study)
+    target = study.output / "regimes.json"
     target.write_text(json.dumps(out, indent=1) + "\n")
     target.with_suffix(".md").write_text(markdown(out))
     print(markdown(out))
